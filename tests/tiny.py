@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 WORDS = ("the a an is was not no yes maybe true false it this that and or but because so what cause effect "
@@ -15,6 +15,7 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]"]
 def tiny_tokenizer(padding_side: str = "right") -> PreTrainedTokenizerFast:
     vocab = {w: i for i, w in enumerate(SPECIALS + sorted(set(WORDS) | set("abcdefghijklmnopqrstuvwxyz0123456789")))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()  # task verbalisers are capitalised (" Yes"); the vocab is not
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",

@@ -1,0 +1,75 @@
+"""Results on disk: one JSON file per (task, method, student, seed) run, and mean ± std tables over seeds."""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from retrikt.io import RetriktError, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+def run_name(task: str, method: str, student: str, seed: int, tag: str = "") -> str:
+    safe = lambda s: str(s).replace("/", "_")  # noqa: E731 - hub ids and paths contain slashes
+    return f"{safe(task)}__{safe(method)}{('-' + tag) if tag else ''}__{safe(student)}__seed{seed}"
+
+
+def save_result(folder: str | Path, result: dict) -> Path:
+    path = Path(folder) / (run_name(result["task"], result["method"], result["student"], result["seed"],
+                                    result.get("tag", "")) + ".json")
+    atomic_write_json(path, result)
+    return path
+
+
+def load_results(folder: str | Path) -> list[dict]:
+    out = []
+    for p in sorted(Path(folder).glob("*.json")):
+        try:
+            r = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RetriktError(f"{p}: not a valid results file ({e})") from None
+        if isinstance(r, dict) and {"task", "method", "main"} <= set(r):
+            out.append(r)
+    return out
+
+
+def fmt_mean_std(values: list[float], scale: float = 100.0) -> str:
+    if not values:
+        return "–"
+    m = statistics.fmean(values) * scale
+    s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{m:.1f} ± {s:.1f}"
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One row per (method label, student): mean ± std of the main metric per task, plus size and speed."""
+    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    info: dict[tuple, dict] = {}
+    for r in results:
+        key = (r["method"] + (f"-{r['tag']}" if r.get("tag") else ""), r["student"])
+        groups[key][r["task"]].append(r["main"])
+        i = info.setdefault(key, {"params": r.get("num_parameters"), "eps": []})
+        i["eps"].append(r.get("examples_per_s") or 0.0)
+    rows = []
+    for key, per_task in groups.items():
+        means = {t: statistics.fmean(v) for t, v in per_task.items()}
+        rows.append({"method": key[0], "student": key[1], "per_task": dict(per_task),
+                     "average": statistics.fmean(means.values()), "num_parameters": info[key]["params"],
+                     "examples_per_s": statistics.fmean(info[key]["eps"]),
+                     "seeds": max(len(v) for v in per_task.values())})
+    return sorted(rows, key=lambda r: -r["average"])
+
+
+def markdown_table(rows: list[dict], tasks: list[str]) -> str:
+    head = "| method | student | " + " | ".join(tasks) + " | avg | params | ex/s |"
+    sep = "|" + "---|" * (len(tasks) + 5)
+    lines = [head, sep]
+    for r in rows:
+        cells = [fmt_mean_std(r["per_task"].get(t, [])) for t in tasks]
+        params = f"{r['num_parameters'] / 1e6:.1f}M" if r.get("num_parameters") else "–"
+        lines.append(f"| {r['method']} | {r['student']} | " + " | ".join(cells)
+                     + f" | {r['average'] * 100:.1f} | {params} | {r['examples_per_s']:.1f} |")
+    return "\n".join(lines)

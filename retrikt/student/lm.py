@@ -1,0 +1,112 @@
+"""A causal LM used as a classifier: score each label's verbaliser (or each choice) by log-likelihood.
+
+This is how the teacher is scored (zero-shot, or few-shot with in-context demonstrations), how generated store
+samples are labelled, and how causal-LM students (e.g. qwen-0.5b with a LoRA) are trained and scored. ``forward``
+returns per-label log-likelihood scores with gradients, so the shared trainer's cross-entropy over them trains the
+adapter on the answer tokens only.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from retrikt.io import RetriktError
+
+logger = logging.getLogger(__name__)
+
+
+class LMClassifier(nn.Module):
+    def __init__(self, model, tokenizer, task, demos: list[dict] | None = None, max_length: int = 1024,
+                 length_norm: bool | None = None):
+        super().__init__()
+        if task.is_regression:
+            raise RetriktError(f"task {task.name} is a regression task; verbaliser scoring needs labels "
+                               "(use an encoder student with a regression head)")
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.demos = list(demos or [])
+        self.max_length = max_length
+        # Choices (COPA) differ in length, so compare mean per-token log-likelihoods; verbalisers are summed.
+        self.length_norm = length_norm if length_norm is not None else task.kind == "multiple_choice"
+        self._prefix = self._demo_prefix()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _continuations(self, example: dict) -> list[str]:
+        return self.task.continuations(example)
+
+    def _demo_prefix(self) -> str:
+        parts = []
+        for d in self.demos:
+            parts.append(self.task.prompt(d) + self._continuations(d)[int(d["label"])])
+        return "".join(p + "\n\n" for p in parts)
+
+    def _encode(self, examples: list[dict]) -> tuple[list[list[int]], list[list[list[int]]]]:
+        tok = self.tokenizer
+        prompts, conts = [], []
+        for e in examples:
+            ids = tok(self._prefix + self.task.prompt(e), add_special_tokens=False)["input_ids"]
+            c = [tok(s, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for s in self._continuations(e)]
+            keep = self.max_length - max(len(x) for x in c)
+            prompts.append(ids[-keep:])  # keep the end: it holds the question and the answer cue
+            conts.append(c)
+        return prompts, conts
+
+    def tokenize(self, examples: list[dict]) -> dict:
+        prompts, conts = self._encode(examples)
+        return {"prompts": prompts, "conts": conts}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Per-label log-likelihood scores [b, num_labels] (differentiable)."""
+        prompts, conts = batch["prompts"], batch["conts"]
+        if all(len(c) == 1 for cs in conts for c in cs):
+            return self._single_token_scores(prompts, conts)
+        return self._sequence_scores(prompts, conts)
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Right padding: positions stay 0..len-1 without passing position_ids.
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        n = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s)
+            mask[i, :len(s)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _single_token_scores(self, prompts, conts) -> torch.Tensor:
+        ids, mask = self._pad(prompts)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        last = mask.sum(1) - 1
+        logp = logits[torch.arange(len(prompts), device=ids.device), last].float().log_softmax(-1)
+        idx = torch.tensor([[c[0] for c in cs] for cs in conts], device=ids.device)
+        return logp.gather(1, idx)
+
+    def _sequence_scores(self, prompts, conts) -> torch.Tensor:
+        seqs, spans = [], []
+        for p, cs in zip(prompts, conts):
+            for c in cs:
+                seqs.append(p + c)
+                spans.append((len(p), len(c)))
+        ids, mask = self._pad(seqs)
+        logp = self.model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        scores = []
+        for i, (start, n) in enumerate(spans):
+            tgt = ids[i, start:start + n]
+            s = logp[i, start - 1:start - 1 + n].gather(1, tgt[:, None]).sum()
+            scores.append(s / n if self.length_norm else s)
+        return torch.stack(scores).view(len(prompts), -1)
+
+    @torch.no_grad()
+    def predict_proba(self, examples: list[dict], batch_size: int = 8) -> np.ndarray:
+        self.eval()
+        out = [self(self.tokenize(examples[i:i + batch_size])).softmax(-1).cpu()
+               for i in range(0, len(examples), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.task.num_labels))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())

@@ -1,0 +1,155 @@
+"""Training methods behind ``python -m retrikt.train --method NAME``: one function each, one dict of them.
+
+A method takes the run config, the task, the k-shot training examples and a seed, and returns a trained student
+(anything the harness can score) plus a dict of extra facts for the results JSON.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import asdict, dataclass
+
+import torch
+
+from retrikt import models
+from retrikt.config import arg
+from retrikt.io import RetriktError
+from retrikt.student.encoder import EncoderClassifier
+from retrikt.student.lm import LMClassifier
+from retrikt.student.trainer import FitConfig, fit, seed_everything
+
+logger = logging.getLogger(__name__)
+
+# Learning rates when --lr is not given: full fine-tuning of a small encoder vs adapters (LoRA: Hu et al. 2021 use
+# 1e-4..5e-4; the parametric paper fine-tunes its LoRA at 3e-4).
+DEFAULT_LR = {"finetune": 5e-5, "kd": 5e-5, "retrikt": 5e-5, "lora": 5e-4, "parametric": 3e-4, "arithmetic": 5e-4, "port": 5e-4}
+
+
+@dataclass
+class TrainConfig(FitConfig):
+    task: str = arg("cb", help="task name (python -m retrikt.tasks lists them)")
+    method: str = arg("finetune", help="finetune | lora | teacher | teacher-icl | kd | retrikt | parametric | "
+                                       "arithmetic | port")
+    student: str = arg("minilm-l6", help="student model: a short name (python -m retrikt.models list), hub id or path")
+    teacher: str = arg("qwen-0.5b", help="teacher LLM (for teacher / parametric methods)")
+    shots: int = arg(32, help="k-shot training set: this many examples in total, stratified over labels "
+                              "(FewGLUE convention); 0 = the whole training split")
+    shots_per_label: int = arg(0, help="if > 0, sample this many examples per label instead of --shots in total")
+    seeds: list[int] = arg([1, 2, 3], help="seeds: each one samples its own k-shot set and trains its own student")
+    data_dir: str | None = arg(None, help="folder with glue/ and superglue/ files (default: ../shared/data if present)")
+    out: str = arg("train/runs", help="folder for results JSON (one file per task/method/student/seed)")
+    save_student: bool = arg(False, help="also save each trained student next to its results")
+    max_length: int = arg(256, help="encoder max tokens per input")
+    lora_r: int = arg(8, help="LoRA rank for the lora method")
+    lora_alpha: int = arg(16, help="LoRA alpha for the lora method")
+    icl_demos: int = arg(4, help="in-context demonstrations for teacher-icl, drawn from the k-shot set")
+    eval_split: str = arg("validation", help="split to score on (the official validation split)")
+    eval_limit: int = arg(0, help="score only the first N validation examples (0 = all; for smoke runs)")
+    device: str = arg("auto", help="auto | cpu | cuda")
+    store: str | None = arg(None, help="knowledge store folder (kd and retrikt methods)")
+    retrieval_k: int = arg(8, help="retrikt: neighbours retrieved per input (re-chosen on held-out k-shot data)")
+    retrieval_beta: float = arg(0.5, help="retrikt: weight of the student's own prediction in the mixture")
+    retrieval_tau: float = arg(0.1, help="retrikt: softmax temperature over neighbour similarities")
+    rel_weight: float = arg(1.0, help="retrikt: weight of the relational loss")
+    rel_tau: float = arg(0.1, help="retrikt: temperature of the relational loss' similarity distributions")
+    select_settings: bool = arg(True, help="retrikt: choose k, beta, tau on held-out k-shot examples")
+    no_retrieval: bool = arg(False, help="retrikt ablation: no retrieval at inference (store as training data only)")
+    no_relational: bool = arg(False, help="retrikt ablation: no relational loss")
+    retrieve_from: str = arg("store", help="retrikt ablation: store | kshot (retrieve among the k-shot set only)",
+                             choices=["store", "kshot"])
+    lr: float | None = arg(None, help="learning rate (default depends on the method: finetune 5e-5, lora 5e-4, "
+                                      "parametric 3e-4)")
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RetriktError("--device cuda was asked for but no CUDA device is available")
+    return name
+
+
+def fit_config(cfg: TrainConfig) -> FitConfig:
+    base = {k: v for k, v in asdict(cfg).items() if k in FitConfig.__dataclass_fields__}
+    if cfg.lr is None:
+        base["lr"] = DEFAULT_LR.get(cfg.method, 5e-5)
+    return FitConfig(**base)
+
+
+def _is_causal(name: str) -> bool:
+    return models.model_kind(name) == "causal-lm"
+
+
+def train_finetune(cfg: TrainConfig, task, train: list[dict], seed: int):
+    if _is_causal(cfg.student):
+        raise RetriktError(f"--method finetune trains encoder students; {cfg.student} is a causal LM "
+                           "(use --method lora for causal-LM students)")
+    seed_everything(seed)
+    encoder, tok = models.load_encoder(cfg.student, device=resolve_device(cfg.device))
+    student = EncoderClassifier(encoder, tok, task, max_length=cfg.max_length).to(encoder.device)
+    losses = fit(student, train, fit_config(cfg), seed, desc=f"finetune {task.name} s{seed}")
+    return student, {"final_loss": losses[-1] if losses else None}
+
+
+def lora_config_for(model, r: int, alpha: int, causal: bool):
+    from peft import LoraConfig
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    wanted = ["q_proj", "k_proj", "v_proj", "o_proj"] if causal else ["query", "value"]
+    targets = [t for t in wanted if t in names] or ["query", "value", "q_proj", "v_proj"]
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.05, target_modules=targets)
+
+
+def train_lora(cfg: TrainConfig, task, train: list[dict], seed: int):
+    from peft import get_peft_model
+    seed_everything(seed)
+    device = resolve_device(cfg.device)
+    causal = _is_causal(cfg.student)
+    if causal:
+        model, tok = models.load_causal_lm(cfg.student, device=device)
+        student = LMClassifier(get_peft_model(model, lora_config_for(model, cfg.lora_r, cfg.lora_alpha, True)),
+                               tok, task)
+    else:
+        encoder, tok = models.load_encoder(cfg.student, device=device)
+        peft_encoder = get_peft_model(encoder, lora_config_for(encoder, cfg.lora_r, cfg.lora_alpha, False))
+        student = EncoderClassifier(peft_encoder, tok, task, max_length=cfg.max_length).to(device)
+    losses = fit(student, train, fit_config(cfg), seed, desc=f"lora {task.name} s{seed}")
+    return student, {"final_loss": losses[-1] if losses else None}
+
+
+def _teacher(cfg: TrainConfig, task, train: list[dict], seed: int, demos: int):
+    import random
+    model, tok = models.load_causal_lm(cfg.teacher, device=resolve_device(cfg.device))
+    rng = random.Random(seed)
+    chosen = rng.sample(train, min(demos, len(train))) if demos else []
+    return LMClassifier(model, tok, task, demos=chosen), {"student": cfg.teacher, "demos": len(chosen)}
+
+
+def train_teacher(cfg, task, train, seed):
+    return _teacher(cfg, task, train, seed, 0)
+
+
+def train_teacher_icl(cfg, task, train, seed):
+    return _teacher(cfg, task, train, seed, cfg.icl_demos)
+
+
+# Methods implemented in their own modules, imported on first use: name -> (module, function).
+LAZY = {
+    "kd": ("retrikt.student.retrieval", "train_kd"),
+    "retrikt": ("retrikt.student.retrieval", "train_retrikt"),
+    "parametric": ("retrikt.init.runner", "train_parametric"),
+    "arithmetic": ("retrikt.init.runner", "train_arithmetic"),
+    "port": ("retrikt.init.runner", "train_port"),
+}
+METHODS = {"finetune": train_finetune, "lora": train_lora, "teacher": train_teacher, "teacher-icl": train_teacher_icl}
+
+
+def get_method(name: str):
+    if name in METHODS:
+        return METHODS[name]
+    if name in LAZY:
+        mod, fn = LAZY[name]
+        try:
+            return getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise RetriktError(f"method {name!r} is not available in this version of retrikt ({e})") from None
+    raise RetriktError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS) + sorted(LAZY))}")

@@ -1,0 +1,292 @@
+"""The RetriKT student: a tiny encoder that retrieves teacher-labelled samples from the store at inference.
+
+Mechanism (after ReAugKD, ACL 2023): the student's pooled embedding is projected into the store's key space; training
+combines cross-entropy on gold labels, KL to the teacher's soft labels on store entries, and a relational loss that
+makes the student's similarity distribution over an example's store neighbours match the store-embedder's one. At
+inference, p = β·p_student + (1−β)·Σ_j softmax(sim_j/τ)·p_teacher(j) over the top-k retrieved entries.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retrikt import models
+from retrikt.config import arg
+from retrikt.io import RetriktError, atomic_write_json
+from retrikt.store.samples import embed_text
+from retrikt.student.encoder import EncoderClassifier
+from retrikt.student.trainer import FitConfig, example_loss, fit, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrievalSettings:
+    k: int = arg(8, help="neighbours retrieved per input")
+    beta: float = arg(0.5, help="weight of the student's own prediction (1 = no retrieval)")
+    tau: float = arg(0.1, help="softmax temperature over neighbour similarities")
+    rel_weight: float = arg(1.0, help="weight of the relational (neighbour-similarity) loss; 0 disables it")
+    holdout: float = arg(0.25, help="share of the k-shot set held out to choose k, beta and tau")
+
+
+def store_examples(store, ids=None) -> list[dict]:
+    """Store entries as task examples carrying the teacher's soft labels."""
+    ids = range(len(store)) if ids is None else ids
+    out = []
+    for i, e in zip(ids, store.entries(list(ids))):
+        out.append({**e["fields"], "label": e["label"], "soft_label": e.get("soft_label") or None, "idx": -1 - int(i)})
+    return out
+
+
+class RetrievalStudent(nn.Module):
+    def __init__(self, base: EncoderClassifier, store, settings: RetrievalSettings, use_retrieval: bool = True):
+        super().__init__()
+        self.base, self.store, self.settings, self.use_retrieval = base, store, settings, use_retrieval
+        self.task = base.task
+        key_dim = int(store.manifest["embedder"]["dim"])
+        hidden = base.encoder.config.hidden_size
+        self.proj = nn.Linear(hidden, key_dim, bias=False).to(base.device)
+        if hidden == key_dim:  # same space size: start from the identity, the cheapest correct guess
+            with torch.no_grad():
+                self.proj.weight.copy_(torch.eye(key_dim))
+        # Neighbours vote with the teacher's soft label (one-hot of the conditioned label when there is none).
+        self.teacher_probs = np.array([e.get("soft_label") or _onehot(e, self.task.num_labels)
+                                       for e in store.entries(list(range(len(store))))], dtype=np.float32)
+
+    def tokenize(self, examples):
+        return self.base.tokenize(examples)
+
+    def forward(self, batch):
+        return self.base(batch)
+
+    def query(self, batch) -> torch.Tensor:
+        return F.normalize(self.proj(self.base.embed(batch)), dim=-1)
+
+    def mix(self, p_student: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int, beta: float,
+            tau: float) -> np.ndarray:
+        """β·p_student + (1−β)·Σ softmax(score/τ)·p_teacher over the first k neighbours."""
+        s, idx = scores[:, :k], ids[:, :k]
+        w = np.exp((s - s.max(1, keepdims=True)) / tau)
+        w /= w.sum(1, keepdims=True)
+        p_ret = (w[..., None] * self.teacher_probs[idx]).sum(1)
+        return beta * p_student + (1 - beta) * p_ret
+
+    @torch.no_grad()
+    def _student_and_neighbours(self, examples, k: int, batch_size: int = 32):
+        self.eval()
+        probs, queries = [], []
+        for i in range(0, len(examples), batch_size):
+            batch = self.tokenize(examples[i:i + batch_size])
+            probs.append(self.base(batch).softmax(-1).float().cpu())
+            queries.append(self.query(batch).float().cpu())
+        q = torch.cat(queries).numpy()
+        scores, ids = self.store.search(q, k)
+        return torch.cat(probs).numpy(), np.asarray(scores), np.asarray(ids)
+
+    def predict_proba(self, examples: list[dict], batch_size: int = 32) -> np.ndarray:
+        s = self.settings
+        p, scores, ids = self._student_and_neighbours(examples, s.k, batch_size)
+        if not self.use_retrieval or s.beta >= 1.0:
+            return p
+        return self.mix(p, scores, ids, s.k, s.beta, s.tau)
+
+    def num_parameters(self) -> int:
+        return self.base.num_parameters() + sum(p.numel() for p in self.proj.parameters())
+
+    def save(self, folder: str | Path, meta: dict | None = None) -> None:
+        from safetensors.torch import save_file
+        folder = Path(folder)
+        self.base.save(folder, meta=meta)
+        save_file({"weight": self.proj.weight.detach().cpu().contiguous()}, str(folder / "proj.safetensors"))
+        atomic_write_json(folder / "retrieval.json", {"settings": self.settings.__dict__,
+                                                      "use_retrieval": self.use_retrieval,
+                                                      "store": str(Path(self.store.folder).resolve()),
+                                                      "store_checksum": self.store.checksum})
+
+
+def _onehot(entry: dict, n: int) -> list[float]:
+    v = [0.0] * n
+    v[int(entry["label"])] = 1.0
+    return v
+
+
+def relational_targets(store, texts_emb: np.ndarray, k: int, exclude: list[int | None]):
+    """Neighbour ids and the store-embedder's similarity to them, excluding each entry itself."""
+    scores, ids = store.search(texts_emb.astype(np.float32), k + 1)
+    out_ids, out_sims = [], []
+    for row_s, row_i, self_id in zip(scores, ids, exclude):
+        keep = [(s, i) for s, i in zip(row_s, row_i) if i != self_id and i >= 0][:k]
+        out_ids.append([i for _, i in keep])
+        out_sims.append([s for _, s in keep])
+    return np.array(out_ids), np.array(out_sims, dtype=np.float32)
+
+
+class MemoryStore:
+    """A store held in memory (exact search): the k-shot-only retrieval ablation, and tests."""
+
+    def __init__(self, embeddings: np.ndarray, entries: list[dict], embedder: dict, folder: str = "<memory>"):
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self._entries = entries
+        self.manifest = {"embedder": embedder}
+        self.folder, self.checksum = folder, "memory"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self, ids) -> list[dict]:
+        return [self._entries[int(i)] for i in ids]
+
+    def search(self, q: np.ndarray, k: int):
+        k = min(k, len(self))
+        sims = q @ self.embeddings.T
+        ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(sims, ids, 1), ids
+
+
+def open_store(path: str | None):
+    if not path:
+        raise RetriktError("this method needs a knowledge store: pass --store FOLDER (build one with "
+                           "python -m retrikt.build)")
+    from retrikt.store import Store
+    return Store.open(path)
+
+
+def store_embedder(store):
+    """The store's own embedder (named in its manifest), used for teacher-side similarities."""
+    info = store.manifest["embedder"]
+    return models.load_sentence_transformer(info["name"])
+
+
+def _embed(embedder, task, examples: list[dict]) -> np.ndarray:
+    texts = [embed_text(task, e) for e in examples]
+    return np.asarray(embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True), dtype=np.float32)
+
+
+def _retrieval_loss(model: RetrievalStudent, batch: list[dict], cfg: FitConfig, rel_weight: float,
+                    tau: float) -> torch.Tensor:
+    tok = model.tokenize(batch)
+    emb = model.base.embed(tok)
+    logits = model.base.head(model.base.dropout(emb))
+    loss = example_loss(logits, batch, model.task, cfg)
+    if rel_weight <= 0:
+        return loss
+    q = F.normalize(model.proj(emb), dim=-1)
+    keys = torch.as_tensor(model.store.embeddings[np.stack([e["nbr_ids"] for e in batch])], device=q.device)
+    target = torch.as_tensor(np.stack([e["nbr_sims"] for e in batch]), device=q.device)
+    student_sims = (q[:, None, :] * keys).sum(-1)
+    rel = F.kl_div(F.log_softmax(student_sims / tau, -1), F.softmax(target / tau, -1), reduction="batchmean")
+    return loss + rel_weight * rel
+
+
+def choose_settings(model: RetrievalStudent, dev: list[dict], grid_k=(1, 4, 8, 16), grid_beta=(0.0, 0.25, 0.5, 0.75, 1.0),
+                    grid_tau=(0.05, 0.1, 0.5)) -> dict:
+    """Pick k, β, τ maximising the main metric on held-out k-shot examples (never the validation split)."""
+    from retrikt.tasks import compute_metrics
+    if not dev:
+        return {}
+    p, scores, ids = model._student_and_neighbours(dev, max(grid_k))
+    labels = [e["label"] for e in dev]
+    best, best_score = {}, -np.inf
+    for k in grid_k:
+        for beta in grid_beta:
+            for tau in grid_tau:
+                pred = model.mix(p, scores, ids, min(k, ids.shape[1]), beta, tau).argmax(1)
+                score = compute_metrics(model.task, labels, pred.tolist())["main"]
+                if score > best_score + 1e-9:  # ties keep the earlier (smaller k, more retrieval) setting
+                    best, best_score = {"k": k, "beta": beta, "tau": tau}, score
+    return best | {"dev_main": best_score, "dev_n": len(dev)}
+
+
+def _split_holdout(train: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    if share <= 0 or len(train) < 8:
+        return train, []
+    idx = list(range(len(train)))
+    random.Random(seed).shuffle(idx)
+    n_dev = max(1, int(round(share * len(train))))
+    return [train[i] for i in idx[n_dev:]], [train[i] for i in idx[:n_dev]]
+
+
+def _union_fit_config(cfg, n_kshot: int, n_total: int) -> FitConfig:
+    from retrikt.student.methods import fit_config
+    fc = fit_config(cfg)
+    # Keep the step budget of `epochs` passes over the k-shot set, but see every store entry at least twice.
+    fc.epochs = max(2, int(round(cfg.epochs * n_kshot / max(1, n_total))))
+    return fc
+
+
+def _base_student(cfg, task, device) -> EncoderClassifier:
+    encoder, tok = models.load_encoder(cfg.student, device=device)
+    return EncoderClassifier(encoder, tok, task, max_length=cfg.max_length).to(device)
+
+
+def train_kd(cfg, task, train: list[dict], seed: int):
+    """Baseline: the student distilled on the store's generated data (soft labels), no retrieval at inference."""
+    from retrikt.student.methods import resolve_device
+    seed_everything(seed)
+    store = open_store(cfg.store)
+    data = train + store_examples(store)
+    student = _base_student(cfg, task, resolve_device(cfg.device))
+    losses = fit(student, data, _union_fit_config(cfg, len(train), len(data)), seed, desc=f"kd {task.name} s{seed}")
+    return student, {"store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
+                     "final_loss": losses[-1] if losses else None}
+
+
+def train_retrikt(cfg, task, train: list[dict], seed: int):
+    from retrikt.student.methods import resolve_device
+    seed_everything(seed)
+    settings = RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau,
+                                 rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
+    store = open_store(cfg.store)
+    fit_part, dev = _split_holdout(train, settings.holdout, seed)
+    embedder = store_embedder(store)
+    if cfg.retrieve_from == "kshot":  # ablation: retrieve only among the labelled k-shot examples
+        entries = [{"fields": {f: e[f] for f in task.text_fields}, "label": e["label"], "soft_label": None}
+                   for e in fit_part]
+        store = MemoryStore(_embed(embedder, task, fit_part), entries, store.manifest["embedder"])
+    data = fit_part + (store_examples(store) if cfg.retrieve_from == "store" else [])
+    q_emb = np.concatenate([_embed(embedder, task, fit_part), store.embeddings[:len(data) - len(fit_part)]])
+    # Each example must not count itself among its neighbours (store entries, and k-shot examples in the ablation).
+    self_ids = (list(range(len(fit_part))) if cfg.retrieve_from == "kshot"
+                else [None] * len(fit_part) + list(range(len(data) - len(fit_part))))
+    k_rel = min(settings.k, len(store) - 1)
+    nbr_ids, nbr_sims = relational_targets(store, q_emb, k_rel, self_ids)
+    for e, i, s in zip(data, nbr_ids, nbr_sims):
+        e["nbr_ids"], e["nbr_sims"] = i, s
+    del embedder
+    model = RetrievalStudent(_base_student(cfg, task, resolve_device(cfg.device)), store, settings,
+                             use_retrieval=not cfg.no_retrieval)
+    fc = _union_fit_config(cfg, len(fit_part), len(data))
+    losses = fit(model, data, fc, seed, desc=f"retrikt {task.name} s{seed}",
+                 loss_fn=lambda m, b: _retrieval_loss(m, b, fc, settings.rel_weight, cfg.rel_tau))
+    chosen = choose_settings(model, dev) if cfg.select_settings else {}
+    for key in ("k", "beta", "tau"):
+        if key in chosen:
+            setattr(settings, key, chosen[key])
+    return model, {"store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
+                   "retrieval": dict(settings.__dict__), "selection": chosen,
+                   "final_loss": losses[-1] if losses else None}
+
+
+def load_retrieval_student(folder: str | Path, task, base: str, store_path: str | None = None):
+    """Reload a saved retrieval student; refuses a store whose manifest checksum differs from the pinned one."""
+    from safetensors.torch import load_file
+
+    from retrikt.student.encoder import load_student
+    folder = Path(folder)
+    info = json.loads((folder / "retrieval.json").read_text())
+    store = open_store(store_path or info["store"])
+    if store.checksum != info["store_checksum"]:
+        raise RetriktError(f"{folder}: the student was trained with store checksum {info['store_checksum'][:12]}…, "
+                           f"but {store.folder} has {store.checksum[:12]}… (a different or rebuilt store)")
+    model = RetrievalStudent(load_student(folder, task, base=base), store, RetrievalSettings(**info["settings"]),
+                             use_retrieval=info["use_retrieval"])
+    model.proj.load_state_dict(load_file(str(folder / "proj.safetensors")))
+    return model

@@ -1,0 +1,75 @@
+"""python -m retrikt.train: train and score students of one method on one task over several seeds.
+
+    python -m retrikt.train --task rte --method finetune --student minilm-l6 --shots 32 --seeds 1 2 3
+    python -m retrikt.train --task cb --method teacher --teacher qwen-0.5b
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from retrikt.config import parse_config
+from retrikt.eval import evaluate, markdown_table, save_result, summarise
+from retrikt.io import RetriktError, run_metadata
+from retrikt.student.methods import TrainConfig, get_method
+from retrikt.tasks import get_task, load_split, sample_few_shot
+
+logger = logging.getLogger("retrikt.train")
+
+SMOKE = {"student": "tiny-encoder", "teacher": "tiny-causal", "shots": 8, "epochs": 2, "eval_limit": 24,
+         "seeds": [1], "out": "train/runs-smoke"}
+
+
+def few_shot(cfg: TrainConfig, task, pool: list[dict], seed: int) -> list[dict]:
+    if cfg.shots_per_label:
+        return sample_few_shot(pool, k_per_label=cfg.shots_per_label, seed=seed)
+    if cfg.shots:
+        return sample_few_shot(pool, n=cfg.shots, seed=seed)
+    return pool
+
+
+def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict:
+    """Train one student with one seed and score it; returns the results record (also saved to cfg.out)."""
+    train = few_shot(cfg, task, pool, seed)
+    t0 = time.perf_counter()
+    student, extra = get_method(cfg.method)(cfg, task, train, seed)
+    train_seconds = time.perf_counter() - t0
+    res = evaluate(student, task, cfg.eval_split, data_dir=cfg.data_dir, limit=cfg.eval_limit or None)
+    record = {"method": cfg.method, "student": extra.pop("student", cfg.student), "seed": seed,
+              "train_examples": len(train), "train_seconds": train_seconds, **extra, **res,
+              **run_metadata(cfg, seeds=cfg.seeds)}
+    path = save_result(cfg.out, record)
+    if cfg.save_student and hasattr(student, "save"):
+        student.save(path.with_suffix(""), meta={"base": cfg.student, "method": cfg.method, "seed": seed})
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = parse_config(TrainConfig, argv, description=__doc__, smoke=SMOKE)
+        task = get_task(cfg.task)
+        if task.skip_reason:
+            raise RetriktError(f"task {task.name} is not supported: {task.skip_reason}")
+        get_method(cfg.method)  # fail on an unknown method before loading any data
+        pool = load_split(task, "train", data_dir=cfg.data_dir)
+        records = []
+        for seed in cfg.seeds:
+            r = run_one(cfg, task, pool, seed)
+            print(f"{task.name} {cfg.method} seed {seed}: {r['main'] * 100:.1f} "
+                  f"({', '.join(f'{k} {v:.3f}' for k, v in r['metrics'].items())}), "
+                  f"{r['examples_per_s']:.1f} ex/s, {r['num_parameters'] / 1e6:.1f}M params")
+            records.append(r)
+    except RetriktError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(markdown_table(summarise(records), [task.name]))
+    print(f"\nresults in {Path(cfg.out).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

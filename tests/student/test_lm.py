@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+from retrikt.student.lm import LMClassifier
+from retrikt.tasks import get_task
+from tests.tiny import tiny_qwen, tiny_tokenizer
+
+CB = [{"idx": 0, "premise": "the man ran", "hypothesis": "he ran", "label": 0},
+      {"idx": 1, "premise": "it is a dog", "hypothesis": "it is not a cat because it is a dog", "label": 1},
+      {"idx": 2, "premise": "she sat", "hypothesis": "maybe", "label": 2}]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    tok = tiny_tokenizer()
+    return tiny_qwen(tok), tok
+
+
+def _manual_scores(model, tok, prompt: str, conts: list[str]) -> list[float]:
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    out = []
+    for c in conts:
+        cid = tok(c, add_special_tokens=False)["input_ids"]
+        logp = model(input_ids=torch.tensor([ids + cid])).logits[0].log_softmax(-1)
+        out.append(sum(float(logp.detach()[len(ids) - 1 + j, t]) for j, t in enumerate(cid)))
+    return out
+
+
+def test_verbaliser_scores_match_manual_loglik(lm):
+    model, tok = lm
+    task = get_task("cb")
+    clf = LMClassifier(model, tok, task)
+    with torch.no_grad():
+        scores = clf(clf.tokenize(CB))
+    for i, e in enumerate(CB):
+        manual = _manual_scores(model, tok, task.prompt(e), list(task.verbalizers))
+        np.testing.assert_allclose(scores[i].numpy(), manual, atol=1e-4)
+
+
+def test_fast_path_equals_sequence_path_and_is_padding_invariant(lm):
+    model, tok = lm
+    clf = LMClassifier(model, tok, get_task("cb"))
+    batch = clf.tokenize(CB)
+    with torch.no_grad():
+        fast = clf._single_token_scores(batch["prompts"], batch["conts"])
+        slow = clf._sequence_scores(batch["prompts"], batch["conts"])
+        one = torch.cat([clf(clf.tokenize([e])) for e in CB])
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast, one, atol=1e-4, rtol=1e-4)
+
+
+def test_predict_proba_is_a_distribution_and_demos_enter_the_prompt(lm):
+    model, tok = lm
+    task = get_task("cb")
+    clf = LMClassifier(model, tok, task, demos=CB[:2])
+    p = clf.predict_proba(CB)
+    assert p.shape == (3, 3)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    assert clf._prefix.startswith(task.prompt(CB[0]) + task.verbalizers[0])
+    zero = LMClassifier(model, tok, task).predict_proba(CB)
+    assert not np.allclose(p, zero)
+
+
+def test_multiple_choice_uses_length_normalised_choice_loglik(lm):
+    model, tok = lm
+    task = get_task("copa")
+    ex = {"idx": 0, "premise": "the man ran", "choice1": "he sat", "choice2": "the dog ran on the cat",
+          "question": "cause", "label": 1}
+    clf = LMClassifier(model, tok, task)
+    assert clf.length_norm
+    with torch.no_grad():
+        got = clf(clf.tokenize([ex]))[0].numpy()
+    conts = task.choices(ex)
+    manual = _manual_scores(model, tok, task.prompt(ex), conts)
+    lens = [len(tok(c, add_special_tokens=False)["input_ids"]) for c in conts]
+    np.testing.assert_allclose(got, [m / n for m, n in zip(manual, lens)], atol=1e-4)
