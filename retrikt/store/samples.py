@@ -1,0 +1,94 @@
+"""Task examples <-> generator text, and the filters a generated sample must pass to enter the store.
+
+The generator sees ``condition(label)`` ("task: cb\\nlabel: entailment\\npremise:") and learns to continue it with
+the rest of the serialised example, one ``field: value`` line per text field; ending the condition with the first
+field's cue makes the format much easier to hit. Parsing is strict by default (every field, in order, non-empty)
+because a half-parsed sample would put noise in the store under a confident label. The ``lenient`` mode (smoke runs
+with random tiny models, which cannot learn the format) splits whatever words came out across the fields.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import numpy as np
+
+FIELD_SEP = "\n"
+
+
+def _one_line(s: str) -> str:
+    return " ".join(str(s).split())
+
+
+def condition(task, label: int) -> str:
+    return f"task: {task.name}\nlabel: {task.label_names[label]}\n{task.text_fields[0]}:"
+
+
+def serialise(task, example: dict) -> str:
+    return FIELD_SEP.join(f"{f}: {_one_line(example[f])}" for f in task.text_fields)
+
+
+def target(task, example: dict) -> str:
+    """What the generator must produce after ``condition``: the serialised example minus the first cue."""
+    return serialise(task, example)[len(task.text_fields[0]) + 1:]
+
+
+def parse(task, generated: str, lenient: bool = False) -> dict | None:
+    """Fields of a generated continuation of ``condition``, or None when it does not parse."""
+    text = f"{task.text_fields[0]}:{generated}"
+    lines = [ln.strip() for ln in text.strip().split("\n") if ln.strip()]
+    out = {}
+    for f, line in zip(task.text_fields, lines):
+        m = re.match(rf"^{re.escape(f)}\s*:\s*(.+)$", line)
+        if not m or not m.group(1).strip():
+            break
+        out[f] = m.group(1).strip()
+    if len(out) == len(task.text_fields):
+        return out
+    return _split_words(task, text) if lenient else None
+
+
+def _split_words(task, text: str) -> dict | None:
+    cues = {f"{f}:" for f in task.text_fields}
+    words = [w for w in text.split() if w not in cues]
+    n = len(task.text_fields)
+    if len(words) < n:
+        return None
+    size = -(-len(words) // n)
+    chunks = [words[i * size:(i + 1) * size] for i in range(n)]
+    if not all(chunks):
+        return None
+    return {f: " ".join(c) for f, c in zip(task.text_fields, chunks)}
+
+
+def normalise(text: str) -> str:
+    """Key for exact-duplicate / copy detection: case, accents, punctuation and spacing ignored."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
+
+
+def example_key(task, example: dict) -> str:
+    return normalise(" | ".join(str(example[f]) for f in task.text_fields))
+
+
+def embed_text(task, example: dict) -> str:
+    """The text that is embedded for the store: the same for store entries and student queries."""
+    a, b = task.text_pair(example)
+    return a if b is None else f"{a}\n{b}"
+
+
+def near_duplicates(new: np.ndarray, accepted: np.ndarray | None, threshold: float) -> np.ndarray:
+    """Boolean mask over ``new`` rows: True where the row's cosine to an accepted row, or to an earlier
+    kept row of ``new``, is above ``threshold``. Rows must be L2-normalised."""
+    drop = np.zeros(len(new), dtype=bool)
+    if len(new) == 0:
+        return drop
+    if accepted is not None and len(accepted):
+        drop |= (new @ accepted.T).max(1) > threshold
+    sims = new @ new.T
+    for i in range(len(new)):
+        if drop[i]:
+            continue
+        later = np.arange(i + 1, len(new))
+        drop[later[sims[i, i + 1:] > threshold]] = True
+    return drop
