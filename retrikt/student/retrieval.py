@@ -125,7 +125,7 @@ def relational_targets(store, texts_emb: np.ndarray, k: int, exclude: list[int |
     for row_s, row_i, self_id in zip(scores, ids, exclude):
         keep = [(s, i) for s, i in zip(row_s, row_i) if i != self_id and i >= 0][:k]
         out_ids.append([i for _, i in keep])
-        out_sims.append([s for _, s in keep])
+        out_sims.append([s for s, _ in keep])
     return np.array(out_ids), np.array(out_sims, dtype=np.float32)
 
 

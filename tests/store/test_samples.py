@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from retrikt.store.samples import condition, example_key, near_duplicates, parse, serialise, target
+from retrikt.tasks import get_task
+
+
+def test_condition_target_parse_round_trip():
+    task = get_task("cb")
+    ex = {"premise": "It rained\nall day.", "hypothesis": "The ground is wet.", "label": 0}
+    cond, tgt = condition(task, 0), target(task, ex)
+    assert cond.endswith("label: entailment\npremise:")
+    assert cond[cond.rindex("\n") + 1:] + tgt == serialise(task, ex)
+    assert parse(task, tgt) == {"premise": "It rained all day.", "hypothesis": "The ground is wet."}
+
+
+@pytest.mark.parametrize("generated", [" only a premise", " p\nhypo: wrong cue", " p\nhypothesis:   ", ""])
+def test_strict_parse_refuses_incomplete_samples(generated):
+    assert parse(get_task("cb"), generated) is None
+
+
+def test_lenient_parse_splits_words_over_fields():
+    task = get_task("cb")
+    assert parse(task, " a b c d e", lenient=True) == {"premise": "a b c", "hypothesis": "d e"}
+    assert parse(task, " a", lenient=True) is None
+
+
+def test_example_key_ignores_case_punctuation_spacing():
+    task = get_task("sst2")
+    assert example_key(task, {"sentence": "A  great, film!"}) == example_key(task, {"sentence": "a great film"})
+
+
+def test_near_duplicates_against_accepted_and_within_batch():
+    a = np.eye(4, dtype=np.float32)
+    new = np.stack([a[0], a[1], a[1] * 0.999 + a[2] * 0.01, a[3]])
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    drop = near_duplicates(new, accepted=a[:1], threshold=0.95)
+    # row 0 duplicates an accepted row; row 2 duplicates row 1 (kept first); row 3 is new
+    assert drop.tolist() == [True, False, True, False]
