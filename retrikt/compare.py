@@ -1,0 +1,166 @@
+"""python -m retrikt.compare: every method x task x seed through one harness, then a table and plots.
+
+    python -m retrikt.compare --tasks cb rte copa sst2 cola --methods finetune lora kd retrikt parametric \\
+        arithmetic --seeds 1 2 3 --shots 32
+    python -m retrikt.compare --smoke        # the whole grid on tiny random models, in minutes
+
+Resumable: a (method, task, seed) whose results file exists is not recomputed; stores are built (or resumed) once per
+task. Methods that are not available are listed as missing, never silently skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrikt.config import arg, parse_config
+from retrikt.eval import load_results, markdown_table, summarise
+from retrikt.eval.results import run_name
+from retrikt.io import RetriktError, atomic_write_text, run_metadata
+
+logger = logging.getLogger("retrikt.compare")
+
+STORE_METHODS = {"kd", "retrikt"}
+DETERMINISTIC = {"teacher"}  # zero-shot scoring does not depend on the seed: run it once
+PRESETS = {
+    "smoke": {"student": "tiny-encoder", "lm_student": "tiny-causal", "teacher": "tiny-causal",
+              "embedder": "tiny-encoder", "shots": 8, "epochs": 2, "eval_limit": 24, "per_label": 8,
+              "seeds": [1], "out": "benchmarks/results/compare-smoke", "max_new_tokens": 24, "prompt_epochs": 2},
+    "default": {},
+    "paper": {"teacher": "qwen-1.5b", "lm_student": "qwen-0.5b", "out": "benchmarks/results/compare-paper"},
+}
+
+
+@dataclass
+class CompareConfig:
+    tasks: list[str] = arg(["cb", "rte", "copa", "sst2", "cola"], help="tasks to compare on")
+    methods: list[str] = arg(["teacher", "finetune", "lora", "kd", "retrikt", "parametric", "arithmetic"],
+                             help="methods to compare")
+    seeds: list[int] = arg([1, 2, 3], help="seeds (each samples its own k-shot set)")
+    shots: int = arg(32, help="k-shot training examples per task (total, stratified)")
+    preset: str = arg("default", help="default | smoke | paper (paper: qwen-1.5b teacher, qwen-0.5b LM student)",
+                      choices=sorted(PRESETS))
+    student: str = arg("minilm-l6", help="encoder student (finetune, lora, kd, retrikt)")
+    lm_student: str = arg("qwen-0.5b", help="causal-LM student (parametric, arithmetic)")
+    teacher: str = arg("qwen-0.5b", help="teacher LLM")
+    embedder: str = arg("minilm-l6", help="store embedder")
+    per_label: int = arg(200, help="generated samples per label when a store must be built")
+    max_new_tokens: int = arg(128, help="longest generated store sample")
+    max_length: int = arg(256, help="encoder student max tokens per input")
+    prompt_epochs: int = arg(20, help="soft-prompt tuning epochs when a store must be built")
+    epochs: int = arg(20, help="training epochs over the k-shot set")
+    eval_limit: int = arg(0, help="score only the first N validation examples (0 = all)")
+    data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
+    out: str = arg("benchmarks/results/compare", help="results folder (runs/, results.jsonl, table.md, *.png)")
+    stores: str = arg("stores", help="folder holding one store per task (built when missing)")
+
+
+def train_config(cfg: CompareConfig, method: str, task: str, seed: int):
+    from retrikt.student.methods import TrainConfig
+    lm = method in ("parametric", "arithmetic")
+    return TrainConfig(task=task, method=method, student=cfg.lm_student if lm else cfg.student,
+                       teacher=cfg.teacher, shots=cfg.shots, seeds=[seed], data_dir=cfg.data_dir,
+                       out=str(Path(cfg.out) / "runs"), epochs=cfg.epochs, eval_limit=cfg.eval_limit,
+                       max_length=cfg.max_length,
+                       store=str(store_path(cfg, task)) if method in STORE_METHODS else None)
+
+
+def store_path(cfg: CompareConfig, task: str) -> Path:
+    return Path(cfg.stores) / f"{task}-{cfg.teacher.replace('/', '_')}{'-smoke' if cfg.preset == 'smoke' else ''}"
+
+
+def ensure_store(cfg: CompareConfig, task: str) -> Path:
+    from retrikt.store.build import BuildConfig, build_store
+    path = store_path(cfg, task)
+    if (path / "manifest.json").exists():
+        return path
+    return build_store(BuildConfig(task=task, teacher=cfg.teacher, embedder=cfg.embedder, out=str(path),
+                                   per_label=cfg.per_label, shots=cfg.shots, seed=1, data_dir=cfg.data_dir,
+                                   max_new_tokens=cfg.max_new_tokens, prompt_epochs=cfg.prompt_epochs))
+
+
+def result_file(cfg: CompareConfig, tc) -> Path:
+    student = tc.teacher if tc.method.startswith("teacher") else tc.student
+    return Path(tc.out) / (run_name(tc.task, tc.method, student, tc.seeds[0]) + ".json")
+
+
+def run_grid(cfg: CompareConfig) -> dict[str, str]:
+    """Run every missing (method, task, seed); returns {method: reason} for methods that could not run."""
+    from retrikt.student.methods import get_method
+    from retrikt.tasks import get_task, load_split
+    from retrikt.train import run_one
+    missing: dict[str, str] = {}
+    for method in cfg.methods:
+        try:
+            get_method(method)
+        except RetriktError as e:
+            missing[method] = str(e)
+    for task_name in cfg.tasks:
+        task = get_task(task_name)
+        pool = load_split(task, "train", data_dir=cfg.data_dir)
+        for method in [m for m in cfg.methods if m not in missing]:
+            for seed in cfg.seeds[:1] if method in DETERMINISTIC else cfg.seeds:
+                tc = train_config(cfg, method, task_name, seed)
+                if result_file(cfg, tc).exists():
+                    continue
+                try:
+                    if method in STORE_METHODS:
+                        ensure_store(cfg, task_name)
+                    r = run_one(tc, task, pool, seed)
+                    print(f"{task_name:8s} {method:12s} seed {seed}: {r['main'] * 100:.1f}", flush=True)
+                except RetriktError as e:
+                    missing.setdefault(f"{method} on {task_name}", str(e))
+                    logger.error("%s on %s (seed %d) failed: %s", method, task_name, seed, e)
+                except Exception:  # one broken run must not lose the rest of the grid
+                    missing.setdefault(f"{method} on {task_name}", traceback.format_exc(limit=3))
+                    logger.exception("%s on %s (seed %d) crashed", method, task_name, seed)
+    return missing
+
+
+def write_report(cfg: CompareConfig, missing: dict[str, str]) -> str:
+    out = Path(cfg.out)
+    results = [r for r in load_results(out / "runs") if r["task"] in cfg.tasks and r["method"] in cfg.methods
+               and r["seed"] in cfg.seeds]
+    atomic_write_text(out / "results.jsonl", "".join(json.dumps({k: v for k, v in r.items() if k != "predictions"},
+                                                                sort_keys=True, default=str) + "\n"
+                                                     for r in results))
+    rows = summarise(results)
+    table = markdown_table(rows, cfg.tasks)
+    if missing:
+        table += "\n\nMissing:\n" + "\n".join(f"- {m}: {why.strip().splitlines()[-1]}" for m, why in missing.items())
+    meta = run_metadata(cfg, seeds=cfg.seeds)
+    atomic_write_text(out / "table.md", f"# retrikt compare ({cfg.preset})\n\n{table}\n\n"
+                      f"Main metric per task, mean ± std over seeds {cfg.seeds}, {cfg.shots}-shot.\n"
+                      f"Commit `{meta['git_commit']}`. Regenerate: `python -m retrikt.compare "
+                      f"--preset {cfg.preset} --tasks {' '.join(cfg.tasks)} --methods {' '.join(cfg.methods)}`\n")
+    if rows:
+        from retrikt.eval.plots import plot_compare
+        plot_compare(rows, cfg.tasks, out)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--smoke" in argv:  # --smoke is the smoke preset
+        argv = [a for a in argv if a != "--smoke"] + ["--preset", "smoke"]
+    try:
+        cfg = parse_config(CompareConfig, argv, description=__doc__)
+        preset = PRESETS[cfg.preset]
+        explicit = {a.lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in preset.items() if k not in explicit})
+        missing = run_grid(cfg)
+        table = write_report(cfg, missing)
+    except RetriktError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n" + table + f"\n\nwritten to {Path(cfg.out).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
