@@ -1,0 +1,96 @@
+"""Generation throughput: the soft-prompted generator (store building) vs raw ``model.generate``, and batched vs batch-1.
+
+    OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.generation --model qwen-0.5b
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.generation --smoke
+
+Both sides generate exactly ``max_new_tokens`` tokens per row (EOS suppressed via ``min_new_tokens``) from the same
+conditions, at the same batch size, in the same process, alternating, so the ratio isolates the cost of the soft
+prompt path (inputs_embeds prefix, left padding behind the prompt). Writes benchmarks/results/generation.{json,md}.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from retrikt import models
+from retrikt.config import arg, parse_config
+from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
+from retrikt.store.samples import condition
+from retrikt.store.softprompt import SoftPromptGenerator
+from retrikt.tasks import get_task
+
+from benchmarks.common import RESULTS, peak_rss_gib
+
+
+@dataclass
+class GenerationBench:
+    model: str = arg("qwen-0.5b", help="causal LM to generate with")
+    task: str = arg("cb", help="task whose label conditions are used")
+    batch_sizes: list[int] = arg([1, 8], help="batch sizes to measure")
+    rows: int = arg(16, help="sequences generated per measurement")
+    max_new_tokens: int = arg(32, help="new tokens per sequence (forced)")
+    repeats: int = arg(2, help="alternating repeats; the best of each side is reported")
+    name: str = arg("generation", help="results file stem")
+
+
+SMOKE = {"model": "tiny-causal", "rows": 8, "max_new_tokens": 8, "repeats": 1, "name": "generation_smoke"}
+
+
+def _raw(gen: SoftPromptGenerator, conds: list[str], bs: int, n: int) -> float:
+    tok, t0 = gen.tokenizer, time.perf_counter()
+    for i in range(0, len(conds), bs):
+        enc = tok(conds[i:i + bs], return_tensors="pt", padding=True, add_special_tokens=False).to(gen.device)
+        gen.model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_k=0, top_p=0.9,
+                           pad_token_id=gen.pad_id)
+    return time.perf_counter() - t0
+
+
+def _soft(gen: SoftPromptGenerator, conds: list[str], bs: int, n: int) -> float:
+    gcfg = gen._generation_config(n, 1.0, 0.9, None)  # the exact config store building uses ...
+    gcfg.min_new_tokens = n                            # ... with EOS suppressed so both sides do equal work
+    t0 = time.perf_counter()
+    for i in range(0, len(conds), bs):
+        gen._generate_batch(conds[i:i + bs], gcfg, "policy")
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(GenerationBench, argv, description=__doc__, smoke=SMOKE)
+    task = get_task(cfg.task)
+    model, tok = models.load_causal_lm(cfg.model)
+    gen = SoftPromptGenerator(model, tok, n_virtual=20)
+    conds = [condition(task, i % task.num_labels) for i in range(cfg.rows)]
+    results = []
+    for bs in cfg.batch_sizes:
+        raw, soft = [], []
+        for _ in range(cfg.repeats):
+            raw.append(_raw(gen, conds, bs, cfg.max_new_tokens))
+            soft.append(_soft(gen, conds, bs, cfg.max_new_tokens))
+        tokens = cfg.rows * cfg.max_new_tokens
+        row = {"batch_size": bs, "tokens": tokens, "raw_tok_s": tokens / min(raw), "soft_tok_s": tokens / min(soft)}
+        row["overhead_pct"] = 100 * (row["raw_tok_s"] / row["soft_tok_s"] - 1)
+        results.append(row)
+        print(f"batch {bs}: raw {row['raw_tok_s']:.1f} tok/s, soft prompt {row['soft_tok_s']:.1f} tok/s, "
+              f"overhead {row['overhead_pct']:+.1f}%", flush=True)
+    b1 = next((r for r in results if r["batch_size"] == 1), None)
+    for r in results:
+        r["speedup_vs_batch1"] = r["soft_tok_s"] / b1["soft_tok_s"] if b1 else None
+    out = run_metadata(cfg) | {"rows": results, "threads": torch.get_num_threads(), "peak_rss_gib": peak_rss_gib()}
+    atomic_write_json(RESULTS / f"{cfg.name}.json", out)
+    lines = [f"# Generation throughput: {cfg.model}, {cfg.rows} rows x {cfg.max_new_tokens} new tokens, "
+             f"{torch.get_num_threads()} threads", "",
+             "| batch | raw generate tok/s | soft-prompt generator tok/s | overhead | soft speed-up vs batch 1 |",
+             "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['batch_size']} | {r['raw_tok_s']:.1f} | {r['soft_tok_s']:.1f} | {r['overhead_pct']:+.1f}% | "
+              f"{r['speedup_vs_batch1']:.2f}x |" for r in results]
+    lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.generation --model {cfg.model}`"]
+    atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
