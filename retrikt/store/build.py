@@ -55,11 +55,12 @@ class BuildConfig:
     rl: str = arg("none", help="refine the soft prompt by RL before generating: none | ppo | grpo | rloo",
                   choices=["none", "ppo", "grpo", "rloo"])
     rl_steps: int = arg(20, help="RL steps (rollout batches)")
+    rl_batch: int = arg(16, help="samples per PPO rollout batch")
     device: str = arg("auto", help="auto | cpu | cuda")
 
 
 SMOKE = {"teacher": "tiny-causal", "embedder": "tiny-encoder", "per_label": 8, "shots": 8, "prompt_epochs": 2,
-         "max_new_tokens": 24, "batch_size": 8, "label_demos": 1, "rl_steps": 2, "parse_mode": "lenient",
+         "max_new_tokens": 24, "batch_size": 8, "label_demos": 1, "rl_steps": 2, "rl_batch": 4, "parse_mode": "lenient",
          "dedup_threshold": 0.9999}  # random tiny embeddings are all close: only drop true duplicates
 
 

@@ -1,0 +1,80 @@
+"""RL refinement of the store generator's soft prompt, as a stage of ``python -m retrikt.build --rl ppo``.
+
+The reward is the same function for every backend: quality = the teacher-classifier's probability of the
+conditioned label (the labeller the store itself uses), diversity = 1 - max cosine to the other samples of the batch
+and to the k-shot examples (so copying the training data earns nothing). The refined prompt is saved to
+``prompt-rl/`` and reused by a resumed build with the same settings; the per-step log goes to ``rl_log.jsonl`` and
+``rl_log.png``.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from retrikt.io import RetriktError
+from retrikt.rl.reward import RewardConfig, compute_rewards
+from retrikt.store.samples import condition, embed_text, parse
+from retrikt.student.lm import LMClassifier
+
+logger = logging.getLogger(__name__)
+
+
+def _key(cfg) -> str:
+    from retrikt.store.build import prompt_key
+    blob = {"prompt": prompt_key(cfg), "rl": cfg.rl, "steps": cfg.rl_steps, "tokens": cfg.max_new_tokens}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_reward_fn(task, labeller: LMClassifier, embedder, kshot: list[dict], lenient: bool = False,
+                   cfg: RewardConfig | None = None):
+    """reward_fn(samples) -> (rewards, parts) over generated samples carrying their conditioned ``label``."""
+    def quality(examples: list[dict], labels: list[int]) -> np.ndarray:
+        probs = labeller.predict_proba([{**e, "idx": -1} for e in examples])
+        return probs[np.arange(len(labels)), np.asarray(labels, dtype=int)]
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.asarray(embedder.encode(texts, normalize_embeddings=True, show_progress_bar=False), np.float32)
+
+    # Diversity is measured on the same text the store embeds, so parse first and embed the fields.
+    def parse_fn(text: str):
+        return parse(task, text, lenient=lenient)
+
+    def embed_generated(texts: list[str]) -> np.ndarray:
+        return embed([embed_text(task, parse_fn(t) or {f: t for f in task.text_fields}) for t in texts])
+
+    accepted = embed([embed_text(task, e) for e in kshot]) if kshot else None
+    return functools.partial(compute_rewards, parse_fn=parse_fn, quality_fn=quality, embed_fn=embed_generated,
+                             accepted_embeddings=accepted, cfg=cfg or RewardConfig())
+
+
+def refine_prompt(cfg, task, gen, model, tok, kshot: list[dict], embedder, out: Path):
+    from retrikt.store.softprompt import SoftPromptGenerator
+    folder, key = Path(out) / "prompt-rl", _key(cfg)
+    if (folder / "manifest.json").exists() and json.loads((folder / "manifest.json").read_text()).get("key") == key:
+        logger.info("reusing the RL-refined soft prompt in %s", folder)
+        return SoftPromptGenerator.load(folder, model, tok)
+    labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos])
+    reward_fn = make_reward_fn(task, labeller, embedder, kshot, lenient=cfg.parse_mode == "lenient")
+    labels = list(range(task.num_labels))
+    conditions = [condition(task, y) for y in labels]
+    log_path = Path(out) / "rl_log.jsonl"
+    log_path.unlink(missing_ok=True)  # a new run: the old log belongs to an unfinished or different refinement
+    if cfg.rl == "ppo":
+        from retrikt.rl.ppo import PPOConfig, plot_log, ppo_train
+        ppo_train(gen, reward_fn, conditions, PPOConfig(steps=cfg.rl_steps, max_new_tokens=cfg.max_new_tokens,
+                                                        rollout_batch=cfg.rl_batch, n_minibatches=min(4, cfg.rl_batch),
+                                                        seed=cfg.seed), log_path=log_path, labels=labels)
+        plot_log(log_path, Path(out) / "rl_log.png")
+    elif cfg.rl in ("grpo", "rloo"):
+        from retrikt.rl.trl_backend import TRLConfig, trl_train
+        trl_train(gen, reward_fn, conditions, TRLConfig(algo=cfg.rl, steps=cfg.rl_steps, seed=cfg.seed,
+                                                        max_new_tokens=cfg.max_new_tokens), labels=labels)
+    else:
+        raise RetriktError(f"unknown RL method {cfg.rl!r}; use ppo, grpo or rloo")
+    gen.save(folder, meta={"key": key, "rl": cfg.rl, "steps": cfg.rl_steps})
+    return gen
