@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from retrikt.io import RetriktError
 
@@ -104,8 +105,9 @@ class LMClassifier(nn.Module):
     @torch.no_grad()
     def predict_proba(self, examples: list[dict], batch_size: int = 8) -> np.ndarray:
         self.eval()
+        starts = range(0, len(examples), batch_size)
         out = [self(self.tokenize(examples[i:i + batch_size])).softmax(-1).cpu()
-               for i in range(0, len(examples), batch_size)]
+               for i in tqdm(starts, desc=f"score {self.task.name}", leave=False, disable=None)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.task.num_labels))
 
     def num_parameters(self) -> int:
