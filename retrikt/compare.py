@@ -31,6 +31,10 @@ PRESETS = {
               "embedder": "tiny-encoder", "shots": 8, "epochs": 2, "eval_limit": 24, "per_label": 8,
               "seeds": [1], "out": "benchmarks/results/compare-smoke", "max_new_tokens": 24, "prompt_epochs": 2},
     "default": {},
+    # make demo: the main job, small enough for a fresh 2-core machine (about a quarter of an hour)
+    "demo": {"tasks": ["cb"], "methods": ["teacher", "finetune", "kd", "retrikt"], "seeds": [1], "per_label": 16,
+             "prompt_epochs": 5, "max_new_tokens": 64, "max_length": 128, "out": "benchmarks/results/compare-demo",
+             "stores": "stores/demo"},
     "paper": {"teacher": "qwen-1.5b", "lm_student": "qwen-0.5b", "out": "benchmarks/results/compare-paper"},
 }
 
@@ -42,7 +46,8 @@ class CompareConfig:
                              help="methods to compare")
     seeds: list[int] = arg([1, 2, 3], help="seeds (each samples its own k-shot set)")
     shots: int = arg(32, help="k-shot training examples per task (total, stratified)")
-    preset: str = arg("default", help="default | smoke | paper (paper: qwen-1.5b teacher, qwen-0.5b LM student)",
+    preset: str = arg("default", help="default | demo | smoke | paper (paper: qwen-1.5b teacher, qwen-0.5b LM "
+                                      "student)",
                       choices=sorted(PRESETS))
     student: str = arg("minilm-l6", help="encoder student (finetune, lora, kd, retrikt)")
     lm_student: str = arg("qwen-0.5b", help="causal-LM student (parametric, arithmetic)")
