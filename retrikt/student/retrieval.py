@@ -245,7 +245,8 @@ def train_retrikt(cfg, task, train: list[dict], seed: int):
     settings = RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau,
                                  rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
     store = open_store(cfg.store)
-    fit_part, dev = _split_holdout(train, settings.holdout, seed)
+    # copies: the neighbour fields added below must not leak into the shared training pool
+    fit_part, dev = _split_holdout([dict(e) for e in train], settings.holdout, seed)
     embedder = store_embedder(store)
     if cfg.retrieve_from == "kshot":  # ablation: retrieve only among the labelled k-shot examples
         entries = [{"fields": {f: e[f] for f in task.text_fields}, "label": e["label"], "soft_label": None}
