@@ -86,3 +86,40 @@ def test_saved_student_refuses_a_store_whose_manifest_differs(tmp_path, monkeypa
     np.testing.assert_allclose(again.predict_proba(EX), model.predict_proba(EX), rtol=1e-6)
     with pytest.raises(RetriktError, match="different or rebuilt store"):
         load_retrieval_student(tmp_path / "student", get_task("sst2"), base="x", store_path=str(other.folder))
+
+
+def _tiny_store(folder):
+    """A store in the key space of the tiny-encoder embedder, with texts the tiny tokenizer knows."""
+    from retrikt import models
+    emb_model = models.load_sentence_transformer("tiny-encoder")
+    texts = ["good movie", "great film", "bad movie", "terrible film", "a good dog", "a bad cat"] * 2
+    emb = np.asarray(emb_model.encode(texts, normalize_embeddings=True), dtype=np.float32)
+    entries = [{"fields": {"sentence": t}, "label": int("good" in t or "great" in t),
+                "soft_label": [0.2, 0.8] if ("good" in t or "great" in t) else [0.8, 0.2], "meta": {}}
+               for t in texts]
+    with StoreWriter(folder, {"task": "sst2", "teacher": "t", "embedder": {"name": "tiny-encoder", "dim": 64,
+                                                                           "normalize": True}}) as w:
+        w.add_batch(0, entries, emb)
+        return w.finalize(index_kind="flat")
+
+
+@pytest.mark.parametrize("flags", [{}, {"no_relational": True}, {"no_retrieval": True}, {"retrieve_from": "kshot"}])
+def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, flags):
+    from retrikt.student.methods import TrainConfig
+    from retrikt.student.retrieval import train_kd, train_retrikt
+    path = _tiny_store(tmp_path / "store")
+    cfg = TrainConfig(task="sst2", method="retrikt", student="tiny-encoder", store=str(path), epochs=2, **flags)
+    train = [{"idx": i, "sentence": s, "label": y} for i, (s, y) in
+             enumerate([("good film", 1), ("bad film", 0), ("great movie", 1), ("terrible movie", 0)] * 2)]
+    model, extra = train_retrikt(cfg, get_task("sst2"), train, seed=1)
+    p = model.predict_proba(EX)
+    assert p.shape == (3, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert extra["store_checksum"] == model.store.checksum or flags.get("retrieve_from") == "kshot"
+    assert set(extra["selection"]) >= {"k", "beta", "tau", "dev_main"} and extra["selection"]["dev_n"] == 2
+    assert "nbr_ids" not in train[0]
+    if flags.get("no_retrieval"):
+        np.testing.assert_array_equal(p, model.base.predict_proba(EX))
+    if flags.get("retrieve_from") == "kshot":
+        assert len(model.store) == 6  # the 8 k-shot examples minus the 2 held out for choosing k, beta, tau
+    kd, info = train_kd(cfg, get_task("sst2"), train, seed=1)
+    assert info["store_entries"] == 12 and kd.predict_proba(EX).shape == (3, 2)
