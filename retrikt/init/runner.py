@@ -36,13 +36,14 @@ def train_parametric(cfg, task, train: list[dict], seed: int):
         raise RetriktError(f"{cfg.teacher} and {cfg.student} have different vocabularies; parametric transfer "
                            "needs a shared tokenizer")
     pairs = [(task.prompt(e), task.continuations(e)[int(e["label"])]) for e in train]
-    pcfg = ParametricConfig(rank=cfg.parametric_rank, alpha=cfg.parametric_rank, seed=seed,
+    pcfg = ParametricConfig(rank=cfg.parametric_rank, alpha=cfg.parametric_rank, seed=seed, n_seed=cfg.parametric_seeds,
                             layer_selection=cfg.parametric_layers, block_selection=cfg.parametric_blocks)
     peft_model = init_parametric(student, lambda: models.load_causal_lm(cfg.teacher, device=device)[0],
                                  teacher_tok, pairs, pcfg)
     clf = LMClassifier(peft_model, tok, task)
     losses = fit(clf, train, fit_config(cfg), seed, desc=f"parametric {task.name} s{seed}")
-    return clf, {"teacher": cfg.teacher, "parametric": {"rank": pcfg.rank, "layers": pcfg.layer_selection,
+    return clf, {"teacher": cfg.teacher, "parametric": {"rank": pcfg.rank, "n_seed": pcfg.n_seed,
+                                                        "layers": pcfg.layer_selection,
                                                         "blocks": pcfg.block_selection},
                  "final_loss": losses[-1] if losses else None}
 

@@ -58,6 +58,7 @@ class TrainConfig(FitConfig):
     retrieve_from: str = arg("store", help="retrikt ablation: store | kshot (retrieve among the k-shot set only)",
                              choices=["store", "kshot"])
     parametric_rank: int = arg(16, help="parametric: LoRA rank of the SVD factors (paper: 16, alpha = r)")
+    parametric_seeds: int = arg(32, help="parametric: seed samples for the sensitivity (paper: 32)")
     parametric_layers: str = arg("sensitivity", help="parametric: layer selection, sensitivity | random (ablation)",
                                  choices=["sensitivity", "random"])
     parametric_blocks: str = arg("sensitivity", help="parametric: block selection, sensitivity | random (ablation)",
