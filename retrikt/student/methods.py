@@ -106,7 +106,9 @@ def train_finetune(cfg: TrainConfig, task, train: list[dict], seed: int):
 def lora_config_for(model, r: int, alpha: int, causal: bool):
     from peft import LoraConfig
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    wanted = ["q_proj", "k_proj", "v_proj", "o_proj"] if causal else ["query", "value"]
+    # causal: the seven projections the parametric method transfers into, so the two differ only in the init
+    wanted = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] if causal
+              else ["query", "value"])
     targets = [t for t in wanted if t in names] or ["query", "value", "q_proj", "v_proj"]
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.05, target_modules=targets)
 
