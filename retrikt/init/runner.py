@@ -66,3 +66,17 @@ def train_arithmetic(cfg, task, train: list[dict], seed: int):
     losses = fit(student, train, fit_config(cfg), seed, desc=f"arithmetic {task.name} s{seed}") if cfg.epochs else []
     return student, {"arithmetic": {"op": cfg.op, "adapters": cfg.adapters, "weights": cfg.weights, "lam": cfg.lam},
                      "final_loss": losses[-1] if losses else None}
+
+
+def train_port(cfg, task, train: list[dict], seed: int):
+    """A PEFT module trained on another host, ported onto the student (ported / scratch / sampled), then trained."""
+    from retrikt.init.port import port_student
+    if not cfg.adapters:
+        raise RetriktError("--method port needs --adapters DIR: a module saved by python -m retrikt.port "
+                           "(or retrikt.compose), and --condition ported|scratch|sampled")
+    seed_everything(seed)
+    student = port_student(cfg.adapters[0], cfg.student, task, condition=cfg.condition, seed=seed,
+                           max_length=cfg.max_length, device=resolve_device(cfg.device))
+    losses = fit(student, train, fit_config(cfg), seed, desc=f"port {task.name} s{seed}") if cfg.epochs else []
+    return student, {"port": {"adapter": cfg.adapters[0], "condition": cfg.condition},
+                     "final_loss": losses[-1] if losses else None}
