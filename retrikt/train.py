@@ -37,7 +37,8 @@ def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict:
     student, extra = get_method(cfg.method)(cfg, task, train, seed)
     train_seconds = time.perf_counter() - t0
     res = evaluate(student, task, cfg.eval_split, data_dir=cfg.data_dir, limit=cfg.eval_limit or None)
-    record = {"method": cfg.method, "student": extra.pop("student", cfg.student), "seed": seed,
+    record = {"method": cfg.method, "tag": extra.pop("tag", ""), "student": extra.pop("student", cfg.student),
+              "seed": seed,
               "train_examples": len(train), "train_seconds": train_seconds, **extra, **res,
               **run_metadata(cfg, seeds=cfg.seeds)}
     path = save_result(cfg.out, record)

@@ -42,7 +42,9 @@ def train_parametric(cfg, task, train: list[dict], seed: int):
                                  teacher_tok, pairs, pcfg)
     clf = LMClassifier(peft_model, tok, task)
     losses = fit(clf, train, fit_config(cfg), seed, desc=f"parametric {task.name} s{seed}")
-    return clf, {"teacher": cfg.teacher, "parametric": {"rank": pcfg.rank, "n_seed": pcfg.n_seed,
+    ablation = [f"random-{k}" for k, v in (("layers", pcfg.layer_selection), ("blocks", pcfg.block_selection))
+                if v == "random"]
+    return clf, {"tag": "-".join(ablation), "teacher": cfg.teacher, "parametric": {"rank": pcfg.rank, "n_seed": pcfg.n_seed,
                                                         "layers": pcfg.layer_selection,
                                                         "blocks": pcfg.block_selection},
                  "final_loss": losses[-1] if losses else None}
@@ -78,5 +80,5 @@ def train_port(cfg, task, train: list[dict], seed: int):
     student = port_student(cfg.adapters[0], cfg.student, task, condition=cfg.condition, seed=seed,
                            max_length=cfg.max_length, device=resolve_device(cfg.device))
     losses = fit(student, train, fit_config(cfg), seed, desc=f"port {task.name} s{seed}") if cfg.epochs else []
-    return student, {"port": {"adapter": cfg.adapters[0], "condition": cfg.condition},
+    return student, {"tag": cfg.condition, "port": {"adapter": cfg.adapters[0], "condition": cfg.condition},
                      "final_loss": losses[-1] if losses else None}
