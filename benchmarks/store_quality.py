@@ -1,0 +1,77 @@
+"""Quality and diversity of knowledge stores, side by side (e.g. supervised vs PPO-refined soft prompt).
+
+    python -m retrikt.build --config stores/cb.yaml --out stores/cb-sup
+    python -m retrikt.build --config stores/cb.yaml --rl ppo --rl-steps 20 --out stores/cb-ppo
+    python -m benchmarks.store_quality --stores stores/cb-sup stores/cb-ppo --name store_quality_cb
+
+Per store: entries, parse / keep rates and teacher agreement from the build log, mean pairwise cosine of the
+entry embeddings (lower = more diverse), distinct-1 / distinct-2 (unique n-grams / all n-grams over the entries'
+text), and the label balance. Writes benchmarks/results/<name>.{json,md}.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from retrikt.config import arg, parse_config
+from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
+from retrikt.store import Store
+
+from benchmarks.common import RESULTS
+
+
+@dataclass
+class StoreQualityBench:
+    stores: list[str] = arg([], help="store folders to compare")
+    name: str = arg("store_quality", help="results file stem")
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    grams = [tuple(t.split()[i:i + n]) for t in texts for i in range(max(0, len(t.split()) - n + 1))]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_pairwise_cosine(emb: np.ndarray) -> float:
+    if len(emb) < 2:
+        return float("nan")
+    s = emb @ emb.T
+    return float((s.sum() - np.trace(s)) / (len(emb) * (len(emb) - 1)))
+
+
+def describe(path: str) -> dict:
+    store = Store.open(path)
+    entries = store.entries(range(len(store)))
+    texts = [" ".join(e["fields"].values()).lower() for e in entries]
+    stats = store.manifest.get("stats", {})
+    labels = Counter(int(e["label"]) for e in entries)
+    return {"store": path, "rl": store.manifest.get("config", {}).get("rl", "none"), "entries": len(store),
+            "parse_rate": stats.get("parse_rate"), "keep_rate": stats.get("keep_rate"),
+            "agreement": stats.get("agreement"), "mean_pairwise_cosine": mean_pairwise_cosine(store.embeddings),
+            "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
+            "labels": dict(sorted(labels.items())), "tokens_per_s": stats.get("tokens_per_s")}
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(StoreQualityBench, argv, description=__doc__)
+    rows = [describe(p) for p in cfg.stores]
+    out = run_metadata(cfg) | {"rows": rows}
+    atomic_write_json(RESULTS / f"{cfg.name}.json", out)
+    f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["# Knowledge-store quality", "",
+             "| store | RL | entries | parse rate | keep rate | teacher agreement | mean pairwise cos | distinct-1 | "
+             "distinct-2 | labels |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['store']} | {r['rl']} | {r['entries']} | {f(r['parse_rate'])} | {f(r['keep_rate'])} | "
+              f"{f(r['agreement'])} | {f(r['mean_pairwise_cosine'])} | {f(r['distinct_1'])} | {f(r['distinct_2'])} | "
+              f"{r['labels']} |" for r in rows]
+    lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.store_quality --stores "
+              f"{' '.join(cfg.stores)} --name {cfg.name}`"]
+    atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
