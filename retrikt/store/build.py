@@ -25,7 +25,7 @@ from retrikt import models
 from retrikt.config import arg
 from retrikt.io import RetriktError, append_jsonl
 from retrikt.store.samples import condition, embed_text, example_key, parse, target
-from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, shard_dir
+from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
 from retrikt.student.lm import LMClassifier
 from retrikt.tasks import get_task, load_split, sample_few_shot
 
@@ -190,11 +190,10 @@ def shared_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], embe
 def _load_models(cfg: BuildConfig, state):
     from retrikt.dist import rank_device
     device = rank_device(cfg.device)
-    with state.main_process_first():  # a first load builds the model cache entry: once, not once per rank
-        models.check_ram(cfg.teacher)
-        model, tok = models.load_causal_lm(cfg.teacher, device=device)
-        embedder = models.load_sentence_transformer(cfg.embedder, device=device)
-    return model, tok, embedder
+    # Ranks load at once: a missing cache entry is built by one of them while the others wait on its lock.
+    models.check_ram(cfg.teacher)
+    model, tok = models.load_causal_lm(cfg.teacher, device=device)
+    return model, tok, models.load_sentence_transformer(cfg.embedder, device=device)
 
 
 def generate_shard(cfg: BuildConfig, task, gen, filt: Filter, labeller: LMClassifier, embedder, meta: dict,
@@ -202,6 +201,7 @@ def generate_shard(cfg: BuildConfig, task, gen, filt: Filter, labeller: LMClassi
     """Generate, filter and label ``batches`` into the shard ``folder``; batches it already holds are skipped."""
     from retrikt.store import StoreWriter
     with StoreWriter(folder, meta) as shard:
+        repair_log(folder / LOG)
         done = shard.done_batches()
         todo = [b for b in batches if b[0] not in done]
         logger.info("%s: %d of %d generation batches left", folder, len(todo), len(batches))

@@ -67,6 +67,12 @@ class Dedup:
         return keep, {"exact_dups": len(entries) - len(fresh), "near_dups": int(drop.sum())}
 
 
+def repair_log(path: Path) -> None:
+    """Drop a torn last line (its rank was killed mid-append), so that the next record starts a line of its own."""
+    if path.exists() and not path.read_text(encoding="utf-8").endswith("\n"):
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in read_jsonl(path)))
+
+
 def _last_records(path: Path) -> dict[int, dict]:
     return {r["batch_id"]: r for r in read_jsonl(path)}  # a batch re-run after a crash is logged twice
 
