@@ -12,19 +12,16 @@ round-robin share of the batches, and rank 0 merges the shards into the store.
 """
 from __future__ import annotations
 
-import logging
-import os
 import sys
 
 from retrikt.config import parse_config
+from retrikt.dist import configure_logging
 from retrikt.io import RetriktError
 from retrikt.store.build import SMOKE, BuildConfig, build_store
 
 
 def main(argv: list[str] | None = None) -> int:
-    rank = int(os.environ.get("RANK", "0") or 0)  # set by accelerate launch / torchrun
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(levelname)s {f'[rank {rank}] ' if rank else ''}%(name)s: %(message)s")
+    rank = configure_logging()
     try:
         cfg = parse_config(BuildConfig, argv, description=__doc__, smoke=SMOKE)
         if "--smoke" in (argv if argv is not None else sys.argv[1:]) and not cfg.out:

@@ -36,6 +36,15 @@ def process_state(timeout_s: float | None = None):
     return PartialState(cpu=cpu, **kwargs)
 
 
+def configure_logging() -> int:
+    """Log setup of a ``python -m`` entry point: INFO on rank 0, warnings only (tagged) on the others. Returns the
+    rank (0 when not launched), read from the environment so that nothing distributed starts yet."""
+    rank = int(os.environ.get("RANK", "0") or 0)
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(levelname)s {f'[rank {rank}] ' if rank else ''}%(name)s: %(message)s")
+    return rank
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of this process."""
     state = process_state()
