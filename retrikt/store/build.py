@@ -170,6 +170,19 @@ def summarise_log(log: list[dict]) -> dict:
 
 
 
+def _check_rl_backend(cfg: BuildConfig, out: Path, world: int) -> None:
+    """TRL's GRPO / RLOO trainers bring their own Accelerator, which under accelerate launch would wait in collectives
+    for ranks that are not training (only rank 0 refines the prompt). Refuse unless the refined prompt is saved."""
+    if world == 1 or cfg.rl not in ("grpo", "rloo"):
+        return
+    from retrikt.rl.refine import _key
+    manifest = out / "prompt-rl" / "manifest.json"
+    if not manifest.exists() or json.loads(manifest.read_text()).get("key") != _key(cfg):
+        raise RetriktError(f"--rl {cfg.rl} cannot run inside accelerate launch (TRL's trainer would wait for the "
+                           f"other ranks); use --rl ppo, or run the build with one process until {manifest.parent} "
+                           "is saved (the log says so), stop it, and launch again: the refined prompt is reused")
+
+
 def shared_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], embedder, out: Path, state):
     """Rank 0 tunes (and RL-refines) the soft prompt and saves it; the other ranks wait for it, then load it."""
     if state.is_main_process:
@@ -242,6 +255,7 @@ def build_store(cfg: BuildConfig) -> Path:
         raise RetriktError(f"store building conditions generation on a label; {task.name} is a regression task")
     out = Path(cfg.out or f"stores/{task.name}-{cfg.teacher.replace('/', '_')}")
     state = process_state(cfg.dist_timeout)
+    _check_rl_backend(cfg, out, state.num_processes)
     kshot, forbidden = _task_data(task, cfg)
     t0 = time.perf_counter()
     model, tok, embedder = _load_models(cfg, state)

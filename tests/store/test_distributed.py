@@ -140,3 +140,13 @@ def test_a_torn_shard_log_is_repaired_before_appending(tmp_path):
     repair_log(log)
     append_jsonl(log, {"batch_id": 1})
     assert read_jsonl(log) == [{"batch_id": 0}, {"batch_id": 1}]
+
+
+def test_trl_refinement_is_refused_under_a_launcher_unless_already_saved(tmp_path):
+    cfg = _cfg(tmp_path / "store")
+    cfg.rl = "grpo"
+    with pytest.raises(Exception, match="accelerate launch"):
+        B._check_rl_backend(cfg, tmp_path / "store", world=2)
+    B._check_rl_backend(cfg, tmp_path / "store", world=1)  # one process: TRL runs as before
+    cfg.rl = "ppo"
+    B._check_rl_backend(cfg, tmp_path / "store", world=2)  # our PPO needs no other rank
