@@ -168,8 +168,6 @@ def summarise_log(log: list[dict]) -> dict:
                   "agreement": tot["agree"] / max(1, tot["kept"])}
 
 
-
-
 def _check_rl_backend(cfg: BuildConfig, out: Path, world: int) -> None:
     """TRL's GRPO / RLOO trainers bring their own Accelerator, which under accelerate launch would wait in collectives
     for ranks that are not training (only rank 0 refines the prompt). Refuse unless the refined prompt is saved."""
