@@ -3,21 +3,25 @@
     python -m retrikt.build --task cb --teacher qwen-0.5b --per-label 200 --out stores/cb-qwen0.5b
     python -m retrikt.build --config stores/cb.yaml
     python -m retrikt.build --smoke --task cb
+    accelerate launch --multi_gpu --num_processes 4 -m retrikt.build --task cb --per-label 5000   # 4 GPUs
+    accelerate launch --multi_gpu --num_processes 2 -m retrikt.build --smoke --task cb   # no GPU: 2 gloo ranks
 
-Re-running an interrupted build with the same command continues from its last finished batch.
+Re-running an interrupted build with the same command continues from its last finished batch (each rank from its
+own shard). Under accelerate launch, rank 0 tunes the soft prompt while the others wait, every rank generates a
+round-robin share of the batches, and rank 0 merges the shards into the store.
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 from retrikt.config import parse_config
+from retrikt.dist import configure_logging
 from retrikt.io import RetriktError
 from retrikt.store.build import SMOKE, BuildConfig, build_store
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rank = configure_logging()
     try:
         cfg = parse_config(BuildConfig, argv, description=__doc__, smoke=SMOKE)
         if "--smoke" in (argv if argv is not None else sys.argv[1:]) and not cfg.out:
@@ -26,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except RetriktError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if rank:
+        return 0  # rank 0 reports the store
     from retrikt.io import read_manifest
     m = read_manifest(path, verify=False)
     s = m.get("stats", {})

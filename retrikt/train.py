@@ -2,6 +2,10 @@
 
     python -m retrikt.train --task rte --method finetune --student minilm-l6 --shots 32 --seeds 1 2 3
     python -m retrikt.train --task cb --method teacher --teacher qwen-0.5b
+    accelerate launch --multi_gpu --num_processes 4 -m retrikt.train --task mnli --method finetune --shots 0
+
+Under accelerate launch (or torchrun) every rank trains data-parallel (see retrikt.student.trainer.fit); only rank 0
+scores the students and writes results.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import time
 from pathlib import Path
 
 from retrikt.config import parse_config
+from retrikt.dist import configure_logging, process_state
 from retrikt.eval import evaluate, markdown_table, save_result, summarise
 from retrikt.io import RetriktError, run_metadata
 from retrikt.student.methods import TrainConfig, get_method
@@ -30,12 +35,16 @@ def few_shot(cfg: TrainConfig, task, pool: list[dict], seed: int) -> list[dict]:
     return pool
 
 
-def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict:
-    """Train one student with one seed and score it; returns the results record (also saved to cfg.out)."""
+def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict | None:
+    """Train one student with one seed and score it; returns the results record (also saved to cfg.out).
+
+    In a launched process group every rank trains; only the main process scores and saves (the others get None)."""
     train = few_shot(cfg, task, pool, seed)
     t0 = time.perf_counter()
     student, extra = get_method(cfg.method)(cfg, task, train, seed)
     train_seconds = time.perf_counter() - t0
+    if not process_state().is_main_process:
+        return None
     res = evaluate(student, task, cfg.eval_split, data_dir=cfg.data_dir, limit=cfg.eval_limit or None)
     record = {"method": cfg.method, "tag": extra.pop("tag", ""), "student": extra.pop("student", cfg.student),
               "seed": seed,
@@ -48,7 +57,7 @@ def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rank = configure_logging()
     try:
         cfg = parse_config(TrainConfig, argv, description=__doc__, smoke=SMOKE)
         task = get_task(cfg.task)
@@ -59,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         records = []
         for seed in cfg.seeds:
             r = run_one(cfg, task, pool, seed)
+            if r is None:
+                continue
             print(f"{task.name} {cfg.method} seed {seed}: {r['main'] * 100:.1f} "
                   f"({', '.join(f'{k} {v:.3f}' for k, v in r['metrics'].items())}), "
                   f"{r['examples_per_s']:.1f} ex/s, {r['num_parameters'] / 1e6:.1f}M params")
@@ -66,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except RetriktError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if rank:
+        return 0
     print()
     print(markdown_table(summarise(records), [task.name]))
     print(f"\nresults in {Path(cfg.out).resolve()}")

@@ -1,11 +1,15 @@
 """Build a knowledge store: soft prompt -> generate -> parse -> filter -> teacher-label -> embed -> FAISS store.
 
 Every stage that costs minutes is checkpointed in the output folder, so an interrupted build re-run with the same
-command continues from its last finished batch: the tuned prompt (``prompt/``, ``prompt-rl/``), one store part per
-generation batch (``parts/``), and per-batch statistics (``build_log.jsonl``).
+command continues from its last finished batch: the tuned prompt (``prompt/``, ``prompt-rl/``), each rank's shard
+of labelled candidates (``shards/rank-<k>/``: one part per generation batch, its own ``build_log.jsonl``). The
+duplicate filters then run over all shards in batch order into the store itself (``parts/``, ``build_log.jsonl``,
+the index, the manifest); see :mod:`retrikt.store.shard`. ``accelerate launch`` runs it on N ranks, plain
+``python -m retrikt.build`` on one: the same code with one shard.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,11 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from retrikt import models
 from retrikt.config import arg
-from retrikt.io import RetriktError, append_jsonl, read_jsonl
-from retrikt.store.samples import condition, embed_text, example_key, near_duplicates, parse, target
+from retrikt.io import RetriktError, append_jsonl
+from retrikt.store.samples import condition, embed_text, example_key, parse, target
+from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
 from retrikt.student.lm import LMClassifier
 from retrikt.tasks import get_task, load_split, sample_few_shot
 
@@ -56,7 +62,9 @@ class BuildConfig:
                   choices=["none", "ppo", "grpo", "rloo"])
     rl_steps: int = arg(20, help="RL steps (rollout batches)")
     rl_batch: int = arg(16, help="samples per PPO rollout batch")
-    device: str = arg("auto", help="auto | cpu | cuda")
+    device: str = arg("auto", help="auto | cpu | cuda (under accelerate launch: each rank's own GPU)")
+    dist_timeout: float = arg(14400.0, help="seconds a rank may wait at a barrier under accelerate launch (rank 0 "
+                                            "tunes / RL-refines the prompt and merges the shards meanwhile)")
 
 
 SMOKE = {"teacher": "tiny-causal", "embedder": "tiny-encoder", "per_label": 8, "shots": 8, "prompt_epochs": 2,
@@ -111,16 +119,16 @@ def _embed(embedder, texts: list[str]) -> np.ndarray:
 
 
 class Filter:
-    """Parse, drop copies of train/validation examples and duplicates; remembers what was accepted."""
+    """The per-batch filters, which need nothing outside the batch: parse, drop copies of train / validation
+    examples and repeats within the batch, embed the rest. The filters against earlier batches (duplicates of
+    anything accepted before) run in batch order when the shards are merged (:class:`retrikt.store.shard.Dedup`)."""
 
-    def __init__(self, task, forbidden: set[str], seen: set[str], accepted: np.ndarray | None, threshold: float,
-                 lenient: bool = False):
-        self.task, self.forbidden, self.seen, self.accepted, self.threshold = task, forbidden, seen, accepted, threshold
-        self.lenient = lenient
+    def __init__(self, task, forbidden: set[str], lenient: bool = False):
+        self.task, self.forbidden, self.lenient = task, forbidden, lenient
 
     def __call__(self, samples: list[dict], embedder) -> tuple[list[dict], np.ndarray, dict]:
         stats = {"generated": len(samples), "parsed": 0, "copies": 0, "exact_dups": 0, "near_dups": 0}
-        kept = []
+        kept, seen = [], set()
         for s in samples:
             fields = parse(self.task, s["text"], lenient=self.lenient)
             if fields is None:
@@ -129,16 +137,12 @@ class Filter:
             key = example_key(self.task, fields)
             if key in self.forbidden:
                 stats["copies"] += 1
-            elif key in self.seen:
+            elif key in seen:
                 stats["exact_dups"] += 1
             else:
-                self.seen.add(key)
+                seen.add(key)
                 kept.append({"fields": fields, "tokens": len(s["tokens"]), "finished": s.get("finished", True)})
         emb = _embed(embedder, [embed_text(self.task, k["fields"]) for k in kept])
-        drop = near_duplicates(emb, self.accepted, self.threshold)
-        stats["near_dups"] = int(drop.sum())
-        kept, emb = [k for k, d in zip(kept, drop) if not d], emb[~drop]
-        self.accepted = emb if self.accepted is None else np.concatenate([self.accepted, emb])
         return kept, emb, stats
 
 
@@ -164,41 +168,55 @@ def summarise_log(log: list[dict]) -> dict:
                   "agreement": tot["agree"] / max(1, tot["kept"])}
 
 
-def build_store(cfg: BuildConfig) -> Path:
-    """Run (or resume) a whole build; returns the finished store folder."""
-    from retrikt.store import StoreWriter
-    from retrikt.student.methods import resolve_device
-    task = get_task(cfg.task)
-    if task.is_regression:
-        raise RetriktError(f"store building conditions generation on a label; {task.name} is a regression task")
-    out = Path(cfg.out or f"stores/{task.name}-{cfg.teacher.replace('/', '_')}")
-    pool = load_split(task, "train", data_dir=cfg.data_dir)
-    kshot = sample_few_shot(pool, n=cfg.shots, seed=cfg.seed) if cfg.shots else pool
-    forbidden = {example_key(task, e) for e in pool}
-    forbidden |= {example_key(task, e) for e in load_split(task, "validation", data_dir=cfg.data_dir)}
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
-    models.check_ram(cfg.teacher)
-    model, tok = models.load_causal_lm(cfg.teacher, device=device)
-    embedder = models.load_sentence_transformer(cfg.embedder, device=device)
-    meta = {"task": task.name, "teacher": cfg.teacher, "config": asdict(cfg),
-            "embedder": {"name": cfg.embedder, "dim": embedding_dim(embedder), "normalize": True},
-            "kshot_idx": [e["idx"] for e in kshot]}
-    writer = StoreWriter(out, meta)
-    with writer:
+def _check_rl_backend(cfg: BuildConfig, out: Path, world: int) -> None:
+    """TRL's GRPO / RLOO trainers bring their own Accelerator, which under accelerate launch would wait in collectives
+    for ranks that are not training (only rank 0 refines the prompt). Refuse unless the refined prompt is saved."""
+    if world == 1 or cfg.rl not in ("grpo", "rloo"):
+        return
+    from retrikt.rl.refine import _key
+    manifest = out / "prompt-rl" / "manifest.json"
+    if not manifest.exists() or json.loads(manifest.read_text()).get("key") != _key(cfg):
+        raise RetriktError(f"--rl {cfg.rl} cannot run inside accelerate launch (TRL's trainer would wait for the "
+                           f"other ranks); use --rl ppo, or run the build with one process until {manifest.parent} "
+                           "is saved (the log says so), stop it, and launch again: the refined prompt is reused")
+
+
+def shared_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], embedder, out: Path, state):
+    """Rank 0 tunes (and RL-refines) the soft prompt and saves it; the other ranks wait for it, then load it."""
+    if state.is_main_process:
         gen = tuned_generator(cfg, task, model, tok, kshot, out)
         if cfg.rl != "none":
             from retrikt.rl.refine import refine_prompt
             gen = refine_prompt(cfg, task, gen, model, tok, kshot, embedder, out)
-        labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos])
-        done = writer.done_batches()
-        prev = writer.accepted_entries()
-        filt = Filter(task, forbidden, {example_key(task, e["fields"]) for e in prev},
-                      writer.accepted_embeddings() if prev else None, cfg.dedup_threshold,
-                      lenient=cfg.parse_mode == "lenient")
-        todo = [b for b in batch_plan(task, cfg) if b[0] not in done]
-        logger.info("%s: %d of %d generation batches left", out, len(todo), len(batch_plan(task, cfg)))
-        for batch_id, label, n in todo:
+    state.wait_for_everyone()
+    if state.is_main_process:
+        return gen
+    from retrikt.store.softprompt import SoftPromptGenerator
+    folder = out / ("prompt" if cfg.rl == "none" else "prompt-rl")
+    if not (folder / "manifest.json").exists():
+        raise RetriktError(f"rank {state.process_index}: rank 0 left no soft prompt in {folder}")
+    return SoftPromptGenerator.load(folder, model, tok)
+
+
+def _load_models(cfg: BuildConfig, state):
+    from retrikt.dist import rank_device
+    device = rank_device(cfg.device)
+    # Ranks load at once: a missing cache entry is built by one of them while the others wait on its lock.
+    models.check_ram(cfg.teacher)
+    model, tok = models.load_causal_lm(cfg.teacher, device=device)
+    return model, tok, models.load_sentence_transformer(cfg.embedder, device=device)
+
+
+def generate_shard(cfg: BuildConfig, task, gen, filt: Filter, labeller: LMClassifier, embedder, meta: dict,
+                   folder: Path, batches: list[tuple[int, int, int]]) -> None:
+    """Generate, filter and label ``batches`` into the shard ``folder``; batches it already holds are skipped."""
+    from retrikt.store import StoreWriter
+    with StoreWriter(folder, meta) as shard:
+        repair_log(folder / LOG)
+        done = shard.done_batches()
+        todo = [b for b in batches if b[0] not in done]
+        logger.info("%s: %d of %d generation batches left", folder, len(todo), len(batches))
+        for batch_id, label, n in tqdm(todo, desc=f"batches {folder.name}", leave=False, disable=None):
             tg = time.perf_counter()
             samples = gen.generate([condition(task, label)], n_per_condition=n, max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
@@ -206,14 +224,56 @@ def build_store(cfg: BuildConfig) -> Path:
             gen_s = time.perf_counter() - tg
             kept, emb, stats = filt(samples, embedder)
             entries = _label(labeller, task, kept, label)
-            append_jsonl(out / "build_log.jsonl", stats | {
-                "batch_id": batch_id, "label": label, "kept": len(entries),
-                "agree": sum(e["meta"]["agree"] for e in entries), "generate_seconds": gen_s,
-                "new_tokens": sum(len(s["tokens"]) for s in samples)})
-            writer.add_batch(batch_id, entries, emb)
-        stats = summarise_log(read_jsonl(out / "build_log.jsonl"))
-        path = writer.finalize(index_kind=cfg.index, extra_meta={"stats": stats,
-                                                                 "build_seconds": time.perf_counter() - t0})
-    logger.info("store %s: %d entries, parse rate %.2f, keep rate %.2f, teacher agreement %.2f", path,
-                stats["kept"], stats["parse_rate"], stats["keep_rate"], stats["agreement"])
-    return path
+            for e in entries:
+                e["meta"][BATCH_TAG] = batch_id
+            append_jsonl(folder / LOG, stats | {"batch_id": batch_id, "label": label, "candidates": len(entries),
+                                                "generate_seconds": gen_s, "shard": folder.name,
+                                                "new_tokens": sum(len(s["tokens"]) for s in samples)})
+            shard.add_batch(batch_id, entries, emb)
+
+
+def _task_data(task, cfg: BuildConfig) -> tuple[list[dict], set[str]]:
+    """The k-shot examples the prompt is tuned on, and the keys of every train / validation example (copies)."""
+    pool = load_split(task, "train", data_dir=cfg.data_dir)
+    kshot = sample_few_shot(pool, n=cfg.shots, seed=cfg.seed) if cfg.shots else pool
+    forbidden = {example_key(task, e) for e in pool}
+    forbidden |= {example_key(task, e) for e in load_split(task, "validation", data_dir=cfg.data_dir)}
+    return kshot, forbidden
+
+
+def build_store(cfg: BuildConfig) -> Path:
+    """Run (or resume) a whole build; returns the store folder, finished when this returns.
+
+    Under ``accelerate launch`` every rank runs this: rank 0 tunes the prompt, each rank generates its round-robin
+    share of the batches into its shard, rank 0 merges the shards. One process is the same with one shard."""
+    from retrikt.dist import process_state
+    from retrikt.store import StoreWriter
+    task = get_task(cfg.task)
+    if task.is_regression:
+        raise RetriktError(f"store building conditions generation on a label; {task.name} is a regression task")
+    out = Path(cfg.out or f"stores/{task.name}-{cfg.teacher.replace('/', '_')}")
+    state = process_state(cfg.dist_timeout)
+    _check_rl_backend(cfg, out, state.num_processes)
+    kshot, forbidden = _task_data(task, cfg)
+    t0 = time.perf_counter()
+    model, tok, embedder = _load_models(cfg, state)
+    meta = {"task": task.name, "teacher": cfg.teacher, "config": asdict(cfg),
+            "embedder": {"name": cfg.embedder, "dim": embedding_dim(embedder), "normalize": True},
+            "kshot_idx": [e["idx"] for e in kshot]}
+    plan = batch_plan(task, cfg)
+    # Rank 0 holds the store folder's lock for the whole build, so a second build into it is refused at once.
+    with StoreWriter(out, meta) if state.is_main_process else contextlib.nullcontext() as writer:
+        gen = shared_generator(cfg, task, model, tok, kshot, embedder, out, state)
+        labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos])
+        filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient")
+        generate_shard(cfg, task, gen, filt, labeller, embedder, meta, shard_dir(out, state.process_index),
+                       rank_batches(plan, state.process_index, state.num_processes))
+        state.wait_for_everyone()
+        if writer is not None:
+            stats = summarise_log(merge_shards(writer, task, plan, out, cfg.dedup_threshold))
+            writer.finalize(index_kind=cfg.index, extra_meta={"stats": stats, "world_size": state.num_processes,
+                                                              "build_seconds": time.perf_counter() - t0})
+            logger.info("store %s: %d entries, parse rate %.2f, keep rate %.2f, teacher agreement %.2f", out,
+                        stats["kept"], stats["parse_rate"], stats["keep_rate"], stats["agreement"])
+    state.wait_for_everyone()
+    return out

@@ -9,7 +9,6 @@ import importlib
 import logging
 from dataclasses import asdict, dataclass
 
-import torch
 
 from retrikt import models
 from retrikt.config import arg
@@ -74,11 +73,9 @@ class TrainConfig(FitConfig):
 
 
 def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RetriktError("--device cuda was asked for but no CUDA device is available")
-    return name
+    """auto | cpu | cuda -> a device; in a launched process group, this rank's own GPU."""
+    from retrikt.dist import rank_device
+    return rank_device(name)
 
 
 def fit_config(cfg: TrainConfig) -> FitConfig:

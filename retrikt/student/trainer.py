@@ -75,12 +75,57 @@ def make_optimizer(model: torch.nn.Module, cfg: FitConfig) -> torch.optim.Optimi
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
 
 
+def _batch_loss(model, batch: list[dict], cfg: FitConfig, loss_fn) -> torch.Tensor:
+    return loss_fn(model, batch) if loss_fn else example_loss(model(model.tokenize(batch)), batch, model.task, cfg)
+
+
+class _LossModule(torch.nn.Module):
+    """A step's loss as a module: DDP syncs gradients only for what runs through its own forward, and a ``loss_fn``
+    may call anything on the model (the retrieval loss calls ``embed`` and ``head`` directly)."""
+
+    def __init__(self, model, cfg: FitConfig, loss_fn):
+        super().__init__()
+        self.model, self.cfg, self.loss_fn = model, cfg, loss_fn
+
+    def forward(self, batch: list[dict], scale: float) -> torch.Tensor:
+        return _batch_loss(self.model, batch, self.cfg, self.loss_fn) * scale
+
+
+class _DataParallelStep:
+    """Forward + backward of one global batch split over the ranks, gradients all-reduced by DDP."""
+
+    def __init__(self, model, cfg: FitConfig, loss_fn, rank: int, world: int):
+        from torch.nn.parallel import DistributedDataParallel
+        device = next(p.device for p in model.parameters() if p.requires_grad)
+        # find_unused_parameters: e.g. BERT's pooler, or a projection only some losses use, gets no gradient
+        self.ddp = DistributedDataParallel(_LossModule(model, cfg, loss_fn), find_unused_parameters=True,
+                                           device_ids=[device] if device.type == "cuda" else None)
+        self.rank, self.world = rank, world
+
+    def __call__(self, batch: list[dict]) -> float:
+        mine = batch[self.rank::self.world]
+        # DDP averages gradients over ranks; weighting each rank's mean loss by its share of the batch makes that
+        # average the gradient of the whole batch's mean loss, as on one process (also for a short last batch).
+        scale = len(mine) * self.world / len(batch)
+        if not mine:  # fewer examples than ranks: still join the all-reduce, contributing nothing
+            mine, scale = batch[:1], 0.0
+        loss = self.ddp(mine, scale)
+        loss.backward()
+        total = loss.detach().clone()
+        torch.distributed.all_reduce(total)
+        return float(total) / self.world
+
+
 def fit(model, examples: list[dict], cfg: FitConfig, seed: int, loss_fn=None, desc: str = "train") -> list[float]:
     """Train ``model`` (anything with ``tokenize(examples)`` and ``forward(batch)``) on ``examples``.
 
-    ``loss_fn(model, batch_examples) -> loss`` overrides the default classification / KD loss.
-    Returns the loss of each step.
+    ``loss_fn(model, batch_examples) -> loss`` overrides the default classification / KD loss; it should be a mean
+    over the batch's examples (then data-parallel training equals one process up to float rounding).
+    Under ``accelerate launch`` every rank calls this with the same examples and seed: each rank computes a
+    disjoint share of every global batch (the batches of a one-process run) and DDP all-reduces the gradients.
+    Returns the loss of each step (the global batch's, on every rank).
     """
+    from retrikt.dist import world
     seed_everything(seed)
     rng = random.Random(seed)
     opt = make_optimizer(model, cfg)
@@ -92,7 +137,9 @@ def fit(model, examples: list[dict], cfg: FitConfig, seed: int, loss_fn=None, de
     base_lrs = [g["lr"] for g in opt.param_groups]
     losses: list[float] = []
     model.train()
-    bar = tqdm(total=total, desc=desc, leave=False, disable=None)
+    rank, n_ranks = world()
+    step = _DataParallelStep(model, cfg, loss_fn, rank, n_ranks) if n_ranks > 1 else None
+    bar = tqdm(total=total, desc=desc, leave=False, disable=None if rank == 0 else True)
     order = list(range(len(examples)))
     while len(losses) < total:
         rng.shuffle(order)
@@ -102,15 +149,18 @@ def fit(model, examples: list[dict], cfg: FitConfig, seed: int, loss_fn=None, de
             batch = [examples[j] for j in order[i:i + cfg.batch_size]]
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * _schedule(len(losses), total, warmup)
-            loss = loss_fn(model, batch) if loss_fn else example_loss(model(model.tokenize(batch)), batch,
-                                                                       model.task, cfg)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if step is None:
+                loss = _batch_loss(model, batch, cfg, loss_fn)
+                loss.backward()
+                losses.append(float(loss.detach()))
+            else:
+                losses.append(step(batch))
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
             opt.step()
-            losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
+    del step  # drops DDP's gradient hooks from the parameters
     model.eval()
     return losses
