@@ -68,22 +68,29 @@ class LMClassifier(nn.Module):
             return self._single_token_scores(prompts, conts)
         return self._sequence_scores(prompts, conts)
 
-    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        # Right padding: positions stay 0..len-1 without passing position_ids.
+    def _pad(self, seqs: list[list[int]], left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        # Right padding (default): positions stay 0..len-1 without passing position_ids.
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         n = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), n), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), n), dtype=torch.long)
         for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
+            span = slice(n - len(s), n) if left else slice(0, len(s))
+            ids[i, span] = torch.tensor(s)
+            mask[i, span] = 1
         return ids.to(self.device), mask.to(self.device)
 
     def _single_token_scores(self, prompts, conts) -> torch.Tensor:
-        ids, mask = self._pad(prompts)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits
-        last = mask.sum(1) - 1
-        logp = logits[torch.arange(len(prompts), device=ids.device), last].float().log_softmax(-1)
+        # Left padding puts every row's last token at -1, so the LM head runs on that position only
+        # (logits_to_keep=1): full logits are batch x length x vocab (150k for Qwen), about 1 GB a batch kept
+        # for backward. Explicit position ids keep padded rows exact for absolute-position models too.
+        ids, mask = self._pad(prompts, left=True)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        try:
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
+        except TypeError:  # a model without logits_to_keep
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        logp = logits[:, -1].float().log_softmax(-1)
         idx = torch.tensor([[c[0] for c in cs] for cs in conts], device=ids.device)
         return logp.gather(1, idx)
 
