@@ -68,10 +68,13 @@ def main(argv=None) -> None:
         store = Store.open(cfg.store) if cfg.store else synthetic_store(tmp, task, cfg.store_size,
                                                                         encoder.config.hidden_size, cfg.student)
         student = RetrievalStudent(base, store, RetrievalSettings(k=cfg.k, beta=0.5))
+        student.predict_proba(examples[:4])  # warm-up: first-call allocations are not throughput
         s = evaluate(student, task, examples=examples)
         n_store = len(store)
     model, ttok = models.load_causal_lm(cfg.teacher)
-    t = evaluate(LMClassifier(model, ttok, task), task, examples=examples)
+    teacher = LMClassifier(model, ttok, task)
+    teacher.predict_proba(examples[:2])
+    t = evaluate(teacher, task, examples=examples)
     ratio = s["examples_per_s"] / t["examples_per_s"]
     row = {"task": task.name, "n": len(examples), "store_entries": n_store,
            "student": cfg.student, "student_params": s["num_parameters"], "student_ex_s": s["examples_per_s"],
