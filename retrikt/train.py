@@ -9,6 +9,7 @@ scores the students and writes results.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -33,6 +34,19 @@ def few_shot(cfg: TrainConfig, task, pool: list[dict], seed: int) -> list[dict]:
     if cfg.shots:
         return sample_few_shot(pool, n=cfg.shots, seed=seed)
     return pool
+
+
+def finished(cfg: TrainConfig, task, seed: int) -> dict | None:
+    """The saved record of this seed, if a previous (possibly killed) run wrote it with exactly this config."""
+    from retrikt.eval import load_results
+    if not Path(cfg.out).is_dir():
+        return None
+    want = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seeds"}
+    for r in load_results(cfg.out):
+        got = {k: v for k, v in (r.get("config") or {}).items() if k != "seeds"}
+        if r["task"] == task.name and r["method"] == cfg.method and r["seed"] == seed and got == want:
+            return r
+    return None
 
 
 def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict | None:
@@ -67,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         pool = load_split(task, "train", data_dir=cfg.data_dir)
         records = []
         for seed in cfg.seeds:
-            r = run_one(cfg, task, pool, seed)
+            r = finished(cfg, task, seed)
+            if r is not None:
+                print(f"{task.name} {cfg.method} seed {seed}: already done with this config in {cfg.out}")
+            else:
+                r = run_one(cfg, task, pool, seed)
             if r is None:
                 continue
             print(f"{task.name} {cfg.method} seed {seed}: {r['main'] * 100:.1f} "
