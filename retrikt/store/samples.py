@@ -2,7 +2,8 @@
 
 The generator sees ``condition(label)`` ("task: cb\\nlabel: entailment\\npremise:") and learns to continue it with
 the rest of the serialised example, one ``field: value`` line per text field; ending the condition with the first
-field's cue makes the format much easier to hit. Parsing is strict by default (every field, in order, non-empty)
+field's cue makes the format much easier to hit. Parsing is strict by default (one "cue: value" line per field, in
+order, non-empty; the cues after the first may be renamed)
 because a half-parsed sample would put noise in the store under a confident label. The ``lenient`` mode (smoke runs
 with random tiny models, which cannot learn the format) splits whatever words came out across the fields.
 """
@@ -38,11 +39,13 @@ def parse(task, generated: str, lenient: bool = False) -> dict | None:
     text = f"{task.text_fields[0]}:{generated}"
     lines = [ln.strip() for ln in text.strip().split("\n") if ln.strip()]
     out = {}
+    # Fields are taken by position, one "cue: value" line each: the first cue is ours, later ones may be renamed
+    # (qwen-0.5b writes "conclusion:" for CB's hypothesis) without changing what the line holds.
     for f, line in zip(task.text_fields, lines):
-        m = re.match(rf"^{re.escape(f)}\s*:\s*(.+)$", line)
-        if not m or not m.group(1).strip():
+        m = re.match(r"^([A-Za-z][\w ]{0,30}?)\s*:\s*(.+)$", line)
+        if not m or not m.group(2).strip():
             break
-        out[f] = m.group(1).strip()
+        out[f] = m.group(2).strip()
     if len(out) == len(task.text_fields):
         return out
     return _split_words(task, text) if lenient else None

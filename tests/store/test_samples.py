@@ -14,9 +14,14 @@ def test_condition_target_parse_round_trip():
     assert parse(task, tgt) == {"premise": "It rained all day.", "hypothesis": "The ground is wet."}
 
 
-@pytest.mark.parametrize("generated", [" only a premise", " p\nhypo: wrong cue", " p\nhypothesis:   ", ""])
+@pytest.mark.parametrize("generated", [" only a premise", " p\nno cue line", " p\nhypothesis:   ", ""])
 def test_strict_parse_refuses_incomplete_samples(generated):
     assert parse(get_task("cb"), generated) is None
+
+
+def test_parse_takes_fields_by_position_and_ignores_what_follows():
+    got = parse(get_task("cb"), " It rained.\nconclusion: The ground is wet.\nlabel: entailment\npremise: more")
+    assert got == {"premise": "It rained.", "hypothesis": "The ground is wet."}
 
 
 def test_lenient_parse_splits_words_over_fields():
