@@ -84,9 +84,10 @@ class RetrievalStudent(nn.Module):
         self.eval()
         probs, queries = [], []
         for i in range(0, len(examples), batch_size):
-            batch = self.tokenize(examples[i:i + batch_size])
-            probs.append(self.base(batch).softmax(-1).float().cpu())
-            queries.append(self.query(batch).float().cpu())
+            # one encoder pass serves both the student's own prediction and the retrieval query
+            emb = self.base.embed(self.tokenize(examples[i:i + batch_size]))
+            probs.append(self.base.head(emb).softmax(-1).float().cpu())
+            queries.append(F.normalize(self.proj(emb), dim=-1).float().cpu())
         q = torch.cat(queries).numpy()
         scores, ids = self.store.search(q, k)
         return torch.cat(probs).numpy(), np.asarray(scores), np.asarray(ids)
