@@ -37,6 +37,7 @@ def plot_compare(rows: list[dict], tasks: list[str], out: str | Path) -> list[Pa
         axes[1].annotate(lab.replace("\n", " / "), (r["examples_per_s"] or 0, avg), fontsize=7)
     for a, xl in zip(axes, ["parameters", "examples / s (CPU)"]):
         a.set_xscale("log")
+        a.xaxis.set_minor_formatter(plt.NullFormatter())  # minor log labels collide over one decade
         a.set_xlabel(xl)
         a.set_ylabel("average main metric (x100)")
     fig.tight_layout()
