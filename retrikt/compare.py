@@ -141,12 +141,23 @@ def write_report(cfg: CompareConfig, missing: dict[str, str]) -> str:
     meta = run_metadata(cfg, seeds=cfg.seeds)
     atomic_write_text(out / "table.md", f"# retrikt compare ({cfg.preset})\n\n{table}\n\n"
                       f"Main metric per task, mean ± std over seeds {cfg.seeds}, {cfg.shots}-shot.\n"
-                      f"Commit `{meta['git_commit']}`. Regenerate: `python -m retrikt.compare "
-                      f"--preset {cfg.preset} --tasks {' '.join(cfg.tasks)} --methods {' '.join(cfg.methods)}`\n")
+                      f"Commit `{meta['git_commit']}`. Regenerate: `{regenerate_command(cfg)}`\n")
     if rows:
         from retrikt.eval.plots import plot_compare
         plot_compare(rows, cfg.tasks, out)
     return table
+
+
+def regenerate_command(cfg: CompareConfig) -> str:
+    """The command line that reproduces ``cfg``: the preset plus every option that differs from it."""
+    base = dataclasses.replace(CompareConfig(), **PRESETS[cfg.preset])
+    parts = ["python -m retrikt.compare", f"--preset {cfg.preset}"]
+    for f in dataclasses.fields(CompareConfig):
+        value = getattr(cfg, f.name)
+        if f.name != "preset" and value != getattr(base, f.name):
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            parts.append(f"--{f.name.replace('_', '-')} {shown}")
+    return " ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
