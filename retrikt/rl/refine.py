@@ -18,7 +18,7 @@ import numpy as np
 
 from retrikt.io import RetriktError
 from retrikt.rl.reward import RewardConfig, compute_rewards
-from retrikt.store.samples import condition, embed_text, parse
+from retrikt.store.samples import condition, embed_text, embed_texts, parse
 from retrikt.student.lm import LMClassifier
 
 logger = logging.getLogger(__name__)
@@ -37,17 +37,14 @@ def make_reward_fn(task, labeller: LMClassifier, embedder, kshot: list[dict], le
         probs = labeller.predict_proba([{**e, "idx": -1} for e in examples])
         return probs[np.arange(len(labels)), np.asarray(labels, dtype=int)]
 
-    def embed(texts: list[str]) -> np.ndarray:
-        return np.asarray(embedder.encode(texts, normalize_embeddings=True, show_progress_bar=False), np.float32)
-
     # Diversity is measured on the same text the store embeds, so parse first and embed the fields.
     def parse_fn(text: str):
         return parse(task, text, lenient=lenient)
 
     def embed_generated(texts: list[str]) -> np.ndarray:
-        return embed([embed_text(task, parse_fn(t) or {f: t for f in task.text_fields}) for t in texts])
+        return embed_texts(embedder, [embed_text(task, parse_fn(t) or {f: t for f in task.text_fields}) for t in texts])
 
-    accepted = embed([embed_text(task, e) for e in kshot]) if kshot else None
+    accepted = embed_texts(embedder, [embed_text(task, e) for e in kshot]) if kshot else None
     return functools.partial(compute_rewards, parse_fn=parse_fn, quality_fn=quality, embed_fn=embed_generated,
                              accepted_embeddings=accepted, cfg=cfg or RewardConfig())
 

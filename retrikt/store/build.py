@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from retrikt import models
 from retrikt.config import arg
 from retrikt.io import RetriktError, append_jsonl
-from retrikt.store.samples import condition, embed_text, example_key, parse, target
+from retrikt.store.samples import (condition, embed_text, embed_texts, embedding_dim, example_key, parse,
+                                    target)
 from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
 from retrikt.student.lm import LMClassifier
 from retrikt.tasks import get_task, load_split, sample_few_shot
@@ -106,18 +107,6 @@ def tuned_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], out: 
     return gen
 
 
-def embedding_dim(embedder) -> int:
-    get = getattr(embedder, "get_embedding_dimension", None) or embedder.get_sentence_embedding_dimension
-    return int(get())
-
-
-def _embed(embedder, texts: list[str]) -> np.ndarray:
-    if not texts:
-        return np.zeros((0, embedding_dim(embedder)), dtype=np.float32)
-    return np.asarray(embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
-                                      show_progress_bar=False), dtype=np.float32)
-
-
 class Filter:
     """The per-batch filters, which need nothing outside the batch: parse, drop copies of train / validation
     examples and repeats within the batch, embed the rest. The filters against earlier batches (duplicates of
@@ -142,7 +131,7 @@ class Filter:
             else:
                 seen.add(key)
                 kept.append({"fields": fields, "tokens": len(s["tokens"]), "finished": s.get("finished", True)})
-        emb = _embed(embedder, [embed_text(self.task, k["fields"]) for k in kept])
+        emb = embed_texts(embedder, [embed_text(self.task, k["fields"]) for k in kept])
         return kept, emb, stats
 
 

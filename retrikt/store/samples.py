@@ -80,6 +80,19 @@ def embed_text(task, example: dict) -> str:
     return a if b is None else f"{a}\n{b}"
 
 
+def embedding_dim(embedder) -> int:
+    get = getattr(embedder, "get_embedding_dimension", None) or embedder.get_sentence_embedding_dimension
+    return int(get())
+
+
+def embed_texts(embedder, texts: list[str]) -> np.ndarray:
+    """L2-normalised float32 embeddings [n, dim]: the one way store keys, queries and rewards are embedded."""
+    if not texts:
+        return np.zeros((0, embedding_dim(embedder)), dtype=np.float32)
+    return np.asarray(embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
+                                      show_progress_bar=False), dtype=np.float32)
+
+
 def near_duplicates(new: np.ndarray, accepted: np.ndarray | None, threshold: float) -> np.ndarray:
     """Boolean mask over ``new`` rows: True where the row's cosine to an accepted row, or to an earlier
     kept row of ``new``, is above ``threshold``. Rows must be L2-normalised."""

@@ -21,7 +21,7 @@ from torch import nn
 from retrikt import models
 from retrikt.config import arg
 from retrikt.io import RetriktError, atomic_write_json
-from retrikt.store.samples import embed_text
+from retrikt.store.samples import embed_text, embed_texts
 from retrikt.student.encoder import EncoderClassifier
 from retrikt.student.trainer import FitConfig, example_loss, fit, seed_everything
 
@@ -167,8 +167,7 @@ def store_embedder(store):
 
 
 def _embed(embedder, task, examples: list[dict]) -> np.ndarray:
-    texts = [embed_text(task, e) for e in examples]
-    return np.asarray(embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True), dtype=np.float32)
+    return embed_texts(embedder, [embed_text(task, e) for e in examples])
 
 
 def _retrieval_loss(model: RetrievalStudent, batch: list[dict], cfg: FitConfig, rel_weight: float,
@@ -249,12 +248,13 @@ def train_retrikt(cfg, task, train: list[dict], seed: int):
     # copies: the neighbour fields added below must not leak into the shared training pool
     fit_part, dev = _split_holdout([dict(e) for e in train], settings.holdout, seed)
     embedder = store_embedder(store)
+    kshot_emb = _embed(embedder, task, fit_part)
     if cfg.retrieve_from == "kshot":  # ablation: retrieve only among the labelled k-shot examples
         entries = [{"fields": {f: e[f] for f in task.text_fields}, "label": e["label"], "soft_label": None}
                    for e in fit_part]
-        store = MemoryStore(_embed(embedder, task, fit_part), entries, store.manifest["embedder"])
+        store = MemoryStore(kshot_emb, entries, store.manifest["embedder"])
     data = fit_part + (store_examples(store) if cfg.retrieve_from == "store" else [])
-    q_emb = np.concatenate([_embed(embedder, task, fit_part), store.embeddings[:len(data) - len(fit_part)]])
+    q_emb = np.concatenate([kshot_emb, store.embeddings[:len(data) - len(fit_part)]])
     # Each example must not count itself among its neighbours (store entries, and k-shot examples in the ablation).
     self_ids = (list(range(len(fit_part))) if cfg.retrieve_from == "kshot"
                 else [None] * len(fit_part) + list(range(len(data) - len(fit_part))))
