@@ -96,6 +96,13 @@ def store_dir(tmp_path_factory):
     return folder
 
 
+def _same_json(data: bytes, path: Path) -> bool:
+    try:
+        return json.loads(data) == json.loads(path.read_bytes())
+    except ValueError:
+        return False
+
+
 @FAST
 @given(st.sampled_from(["index.faiss", "entries.parquet", "embeddings.safetensors", "manifest.json"]),
        st.floats(0, 1), st.binary(min_size=1, max_size=16), st.booleans())
@@ -110,8 +117,8 @@ def test_corrupted_store_is_refused_naming_the_file(store_dir, name, where, patc
             data = data[:pos]
         else:
             data[pos:pos + len(patch)] = patch
-        if bytes(data) == path.read_bytes():
-            return
+        if bytes(data) == path.read_bytes() or (name == "manifest.json" and _same_json(bytes(data), path)):
+            return  # nothing changed, or only whitespace around an identical manifest: rightly accepted
         path.write_bytes(bytes(data))
         with pytest.raises(RetriktError) as e:
             Store.open(copy)
