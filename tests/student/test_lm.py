@@ -62,6 +62,16 @@ def test_predict_proba_is_a_distribution_and_demos_enter_the_prompt(lm):
     assert not np.allclose(p, zero)
 
 
+def test_length_sorted_batches_keep_input_order(lm):
+    # CB[1] is the longest; sorting by length must not move its row.
+    model, tok = lm
+    clf = LMClassifier(model, tok, get_task("cb"))
+    batched = clf.predict_proba(CB, batch_size=2)
+    one_by_one = np.concatenate([clf.predict_proba([e], batch_size=1) for e in CB])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    assert clf.predict_proba([]).shape == (0, 3)
+
+
 def test_multiple_choice_uses_length_normalised_choice_loglik(lm):
     model, tok = lm
     task = get_task("copa")
