@@ -9,7 +9,7 @@ student it was trained in. Three initialisations of the module on the new host a
   layers are picked by the module's own update norm (:func:`retrikt.init.sensitivity.select_layers`) and from
   each ``ΔW = s·B A`` the block of the small host's shape with the largest ``|ΔW|`` mass is cut
   (:func:`retrikt.init.sensitivity.best_block`). Cutting rows of B and columns of A gives that block of ΔW
-  exactly, so no SVD is needed.
+  exactly, so no SVD is needed (:mod:`retrikt.init.port_align`).
 * ``scratch``: PEFT's default initialisation of the same config on the new host, drawn under ``seed``.
 * ``sampled``: every ported tensor replaced by i.i.d. normal draws with that tensor's own mean and standard
   deviation (the paper's control: same per-matrix distribution, none of the learnt structure).
@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from torch import nn
 
 from retrikt.config import arg
 from retrikt.init.arithmetic import init_checksum, save_adapter, seeded_peft_model
+from retrikt.init.port_align import _lora_scaling, align_lora
 from retrikt.io import MANIFEST, RetriktError, atomic_path, folder_lock, read_manifest, write_manifest
 from retrikt.student.encoder import EncoderClassifier, mean_pool
 
@@ -54,7 +54,6 @@ _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "retrikt_a
 # Filled by PEFT from the host's config: cleared so that a different host re-derives them (and the shape check
 # then names the tensor that no longer fits instead of PEFT failing deep inside a forward pass).
 _HOST_FIELDS = ("num_layers", "token_dim", "num_attention_heads", "num_transformer_submodules")
-_LAYER_KEY = re.compile(r"^.*?\.(?:layers|layer|h|blocks)\.(?P<i>\d+)\.(?P<mod>.+)\.lora_(?P<ab>[AB])\.weight$")
 
 
 @dataclass
@@ -205,63 +204,11 @@ def _check_shapes(state: dict[str, torch.Tensor], expected: dict[str, torch.Tens
                                f"{tuple(expected[key].shape)}{hint}")
 
 
-def _by_layer(state: dict[str, torch.Tensor]) -> tuple[dict[int, dict[str, dict[str, str]]], list[str]]:
-    """{layer: {module path: {"A": key, "B": key}}} of LoRA keys, and the keys that are not per-layer LoRA."""
-    layers: dict[int, dict[str, dict[str, str]]] = {}
-    rest = []
-    for key in state:
-        m = _LAYER_KEY.match(key)
-        if m is None:
-            rest.append(key)
-            continue
-        layers.setdefault(int(m["i"]), {}).setdefault(m["mod"], {})[m["ab"]] = key
-    return layers, rest
-
-
-def align_lora(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], scaling: float = 1.0,
-               layer_selection: str = "sensitivity", seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
-    """A LoRA module of a bigger host cut down to a smaller host's shapes: (state, provenance).
-
-    Student layer j takes source layer ``keep[j]`` (the source layers with the largest ``Σ‖ΔW‖²``, in depth
-    order); each target matrix takes the block of ``ΔW`` of its shape with the largest ``|ΔW|`` sum.
-    """
-    from retrikt.init.sensitivity import best_block, select_layers
-    src, src_rest = _by_layer(state)
-    tgt, tgt_rest = _by_layer(expected)
-    if src_rest or tgt_rest:
-        raise RetriktError(f"align='blocks' ports per-layer LoRA tensors only; also found {(src_rest or tgt_rest)[:3]}")
-    n_src = max(src) + 1 if src else 0
-    scores = [sum(float((scaling * state[k["B"]].double() @ state[k["A"]].double()).square().sum())
-                  for k in src.get(i, {}).values()) for i in range(n_src)]
-    keep = select_layers(scores, max(tgt) + 1, mode=layer_selection, seed=seed)
-    out, provenance = {}, {"layers": keep, "blocks": {}}
-    for j, i in enumerate(keep):
-        for mod, keys in tgt.get(j, {}).items():
-            if mod not in src.get(i, {}):
-                raise RetriktError(f"source layer {i} has no LoRA on {mod}, which the target's layer {j} needs")
-            a, b = state[src[i][mod]["A"]], state[src[i][mod]["B"]]
-            a_shape, b_shape = tuple(expected[keys["A"]].shape), tuple(expected[keys["B"]].shape)
-            if a.shape[0] != a_shape[0] or b.shape[0] < b_shape[0] or a.shape[1] < a_shape[1]:
-                raise RetriktError(f"{src[i][mod]['A']}: source LoRA A {tuple(a.shape)} / B {tuple(b.shape)} cannot "
-                                   f"be cut to A {a_shape} / B {b_shape} (same rank, smaller host only)")
-            delta = (b.float() @ a.float()).abs()
-            row, col = best_block(delta, (b_shape[0], a_shape[1]))
-            out[keys["A"]] = a[:, col:col + a_shape[1]].clone().contiguous()
-            out[keys["B"]] = b[row:row + b_shape[0]].clone().contiguous()
-            provenance["blocks"][keys["A"]] = [i, row, col]
-    return out, provenance
-
-
 def _load_host(name: str, module: Module, device: Any = None) -> tuple[nn.Module, Any]:
     from retrikt import models
     from retrikt.init.hosts import resolve_host
     path = resolve_host(name)
     return models.load_causal_lm(path, device=device) if module.causal else models.load_encoder(path, device=device)
-
-
-def _lora_scaling(config: dict) -> float:
-    alpha, r = config.get("lora_alpha", 8), config.get("r", 8)
-    return alpha / (r ** 0.5 if config.get("use_rslora") else r)
 
 
 def ported_state(module: Module, peft_model: Any, host: str, align: str = "none",
