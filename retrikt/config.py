@@ -50,7 +50,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         tp, is_list = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help", "")}
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                              # argparse %-formats help text: a literal "69%" would crash --help
+                              "help": f.metadata.get("help", "").replace("%", "%%")}
         if tp is bool:
             kw.update(nargs="?", const=True, type=_str2bool)
         else:

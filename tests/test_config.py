@@ -50,3 +50,21 @@ def test_non_utf8_yaml_is_refused(tmp_path):
     y.write_bytes(b"task: \xff\xfe\n")
     with pytest.raises(RetriktError, match="bin.yaml"):
         parse_config(Cfg, ["--config", str(y)])
+
+
+def test_help_text_with_a_percent_sign_prints(capsys):
+    @dataclass
+    class Pct:
+        share: float = arg(0.5, help="kept share (69% in the paper)")
+    with pytest.raises(SystemExit) as e:
+        parse_config(Pct, ["--help"])
+    assert e.value.code == 0 and "69% in the paper" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["retrikt.build", "retrikt.train", "retrikt.compare", "retrikt.compose",
+                                    "retrikt.port", "retrikt.eval"])
+def test_every_entry_point_prints_help(module):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage:" in r.stdout, r.stderr[-500:]
