@@ -52,6 +52,8 @@ class TrainConfig(FitConfig):
     rel_weight: float = arg(1.0, help="retrikt: weight of the relational loss")
     rel_tau: float = arg(0.1, help="retrikt: temperature of the relational loss' similarity distributions")
     select_settings: bool = arg(True, help="retrikt: choose k, beta, tau on held-out k-shot examples")
+    refit: bool = arg(True, help="retrikt: once k, beta, tau are chosen on the held-out examples, train the final "
+                                 "student on the whole k-shot set (a second training run)")
     no_retrieval: bool = arg(False, help="retrikt ablation: no retrieval at inference (store as training data only)")
     no_relational: bool = arg(False, help="retrikt ablation: no relational loss")
     retrieve_from: str = arg("store", help="retrikt ablation: store | kshot (retrieve among the k-shot set only)",

@@ -239,41 +239,52 @@ def train_kd(cfg, task, train: list[dict], seed: int):
                      "final_loss": losses[-1] if losses else None}
 
 
-def train_retrikt(cfg, task, train: list[dict], seed: int):
+def _fit_retrieval(cfg, task, store, labelled: list[dict], settings: RetrievalSettings, seed: int):
+    """Train a RetrievalStudent on ``labelled`` plus the store's entries; returns (model, store, losses)."""
     from retrikt.student.methods import resolve_device
     seed_everything(seed)
-    settings = RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau,
-                                 rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
-    store = open_store(cfg.store)
-    # copies: the neighbour fields added below must not leak into the shared training pool
-    fit_part, dev = _split_holdout([dict(e) for e in train], settings.holdout, seed)
     embedder = store_embedder(store)
-    kshot_emb = _embed(embedder, task, fit_part)
+    kshot_emb = _embed(embedder, task, labelled)
     if cfg.retrieve_from == "kshot":  # ablation: retrieve only among the labelled k-shot examples
         entries = [{"fields": {f: e[f] for f in task.text_fields}, "label": e["label"], "soft_label": None}
-                   for e in fit_part]
+                   for e in labelled]
         store = MemoryStore(kshot_emb, entries, store.manifest["embedder"])
-    data = fit_part + (store_examples(store) if cfg.retrieve_from == "store" else [])
-    q_emb = np.concatenate([kshot_emb, store.embeddings[:len(data) - len(fit_part)]])
+    data = labelled + (store_examples(store) if cfg.retrieve_from == "store" else [])
+    q_emb = np.concatenate([kshot_emb, store.embeddings[:len(data) - len(labelled)]])
     # Each example must not count itself among its neighbours (store entries, and k-shot examples in the ablation).
-    self_ids = (list(range(len(fit_part))) if cfg.retrieve_from == "kshot"
-                else [None] * len(fit_part) + list(range(len(data) - len(fit_part))))
-    k_rel = min(settings.k, len(store) - 1)
-    nbr_ids, nbr_sims = relational_targets(store, q_emb, k_rel, self_ids)
+    self_ids = (list(range(len(labelled))) if cfg.retrieve_from == "kshot"
+                else [None] * len(labelled) + list(range(len(data) - len(labelled))))
+    nbr_ids, nbr_sims = relational_targets(store, q_emb, min(cfg.retrieval_k, len(store) - 1), self_ids)
     for e, i, s in zip(data, nbr_ids, nbr_sims):
         e["nbr_ids"], e["nbr_sims"] = i, s
     del embedder
     model = RetrievalStudent(_base_student(cfg, task, resolve_device(cfg.device)), store, settings,
                              use_retrieval=not cfg.no_retrieval)
-    fc = _union_fit_config(cfg, len(fit_part), len(data))
+    fc = _union_fit_config(cfg, len(labelled), len(data))
     losses = fit(model, data, fc, seed, desc=f"retrikt {task.name} s{seed}",
                  loss_fn=lambda m, b: _retrieval_loss(m, b, fc, settings.rel_weight, cfg.rel_tau))
-    chosen = choose_settings(model, dev) if cfg.select_settings else {}
+    return model, store, losses
+
+
+def train_retrikt(cfg, task, train: list[dict], seed: int):
+    settings = RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau,
+                                 rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
+    full_store = open_store(cfg.store)
+    # copies: the neighbour fields added in _fit_retrieval must not leak into the shared training pool
+    fit_part, dev = _split_holdout([dict(e) for e in train], settings.holdout, seed)
+    if not cfg.select_settings:
+        fit_part, dev = [dict(e) for e in train], []
+    model, store, losses = _fit_retrieval(cfg, task, full_store, fit_part, settings, seed)
+    chosen = choose_settings(model, dev) if dev else {}
     for key in ("k", "beta", "tau"):
         if key in chosen:
             setattr(settings, key, chosen[key])
+    if dev and cfg.refit:
+        # k, beta and tau only act at inference, so the final student may learn from every labelled example:
+        # holding a quarter of a 32-shot set out would handicap retrikt against finetune and kd.
+        model, store, losses = _fit_retrieval(cfg, task, full_store, [dict(e) for e in train], settings, seed)
     return model, {"store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
-                   "retrieval": dict(settings.__dict__), "selection": chosen,
+                   "retrieval": dict(settings.__dict__), "selection": chosen, "refit": bool(dev and cfg.refit),
                    "final_loss": losses[-1] if losses else None}
 
 

@@ -103,7 +103,8 @@ def _tiny_store(folder):
         return w.finalize(index_kind="flat")
 
 
-@pytest.mark.parametrize("flags", [{}, {"no_relational": True}, {"no_retrieval": True}, {"retrieve_from": "kshot"}])
+@pytest.mark.parametrize("flags", [{}, {"no_relational": True}, {"no_retrieval": True}, {"retrieve_from": "kshot"},
+                                   {"retrieve_from": "kshot", "refit": False}])
 def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, flags):
     from retrikt.student.methods import TrainConfig
     from retrikt.student.retrieval import train_kd, train_retrikt
@@ -119,7 +120,9 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
     assert "nbr_ids" not in train[0]
     if flags.get("no_retrieval"):
         np.testing.assert_array_equal(p, model.base.predict_proba(EX))
+    assert extra["refit"] is flags.get("refit", True)
     if flags.get("retrieve_from") == "kshot":
-        assert len(model.store) == 6  # the 8 k-shot examples minus the 2 held out for choosing k, beta, tau
+        # the final student retrieves among all 8 k-shot examples; without refit, minus the 2 held out
+        assert len(model.store) == (8 if flags.get("refit", True) else 6)
     kd, info = train_kd(cfg, get_task("sst2"), train, seed=1)
     assert info["store_entries"] == 12 and kd.predict_proba(EX).shape == (3, 2)
