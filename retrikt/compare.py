@@ -50,8 +50,9 @@ class CompareConfig:
     preset: str = arg("default", help="default | demo | smoke | paper (paper: qwen-1.5b teacher, qwen-0.5b LM "
                                       "student)",
                       choices=sorted(PRESETS))
-    student: str = arg("minilm-l6", help="encoder student (finetune, lora, kd, retrikt)")
-    lm_student: str = arg("qwen-0.5b", help="causal-LM student (parametric, arithmetic)")
+    student: str = arg("minilm-l6", help="encoder student (finetune, lora, kd, retrikt, arithmetic: the mean of the "
+                                        "other tasks' lora modules as init)")
+    lm_student: str = arg("qwen-0.5b", help="causal-LM student (parametric)")
     teacher: str = arg("qwen-0.5b", help="teacher LLM")
     embedder: str = arg("minilm-l6", help="store embedder")
     per_label: int = arg(200, help="generated samples per label when a store must be built")
@@ -67,12 +68,27 @@ class CompareConfig:
 
 def train_config(cfg: CompareConfig, method: str, task: str, seed: int):
     from retrikt.student.methods import TrainConfig
-    lm = method in ("parametric", "arithmetic")
+    lm = method == "parametric"
+    extra = {}
+    if method == "lora":  # its module is a source of the arithmetic method
+        extra["save_student"] = True
+    if method == "arithmetic":
+        extra.update(op="merge", adapters=[str(a) for a in source_adapters(cfg, task, seed)])
     return TrainConfig(task=task, method=method, student=cfg.lm_student if lm else cfg.student,
                        teacher=cfg.teacher, shots=cfg.shots, seeds=[seed], data_dir=cfg.data_dir,
                        out=str(Path(cfg.out) / "runs"), epochs=cfg.epochs, eval_limit=cfg.eval_limit,
                        max_length=cfg.max_length,
-                       store=str(store_path(cfg, task)) if method in STORE_METHODS else None)
+                       store=str(store_path(cfg, task)) if method in STORE_METHODS else None, **extra)
+
+
+def lora_adapter(cfg: CompareConfig, task: str, seed: int) -> Path:
+    return Path(cfg.out) / "runs" / run_name(task, "lora", cfg.student, seed) / "encoder"
+
+
+def source_adapters(cfg: CompareConfig, task: str, seed: int) -> list[Path]:
+    """The arithmetic method's init: the mean of the LoRA modules trained (same seed, so same init) on the other
+    tasks of the grid, i.e. module addition as transfer from related tasks; then trained like ``lora``."""
+    return [lora_adapter(cfg, t, seed) for t in cfg.tasks if t != task]
 
 
 def store_path(cfg: CompareConfig, task: str) -> Path:
@@ -94,6 +110,23 @@ def result_file(cfg: CompareConfig, tc) -> Path:
     return Path(tc.out) / (run_name(tc.task, tc.method, student, tc.seeds[0]) + ".json")
 
 
+def _done(cfg: CompareConfig, tc) -> bool:
+    if not result_file(cfg, tc).exists():
+        return False
+    # a lora result without its saved module (an older run) cannot feed the arithmetic method: redo it
+    return tc.method != "lora" or (lora_adapter(cfg, tc.task, tc.seeds[0]) / "adapter_config.json").exists()
+
+
+def _jobs(cfg: CompareConfig, methods: list[str]) -> list[tuple[str, str, int]]:
+    """(method, task, seed) in run order; arithmetic last, after the lora modules it merges."""
+    jobs = [(m, t, s) for t in cfg.tasks for m in methods if m != "arithmetic"
+            for s in (cfg.seeds[:1] if m in DETERMINISTIC else cfg.seeds)]
+    if "arithmetic" in methods:
+        jobs += [("lora", t, s) for t in cfg.tasks for s in cfg.seeds if ("lora", t, s) not in jobs]
+        jobs += [("arithmetic", t, s) for t in cfg.tasks for s in cfg.seeds]
+    return jobs
+
+
 def run_grid(cfg: CompareConfig) -> dict[str, str]:
     """Run every missing (method, task, seed); returns {method: reason} for methods that could not run."""
     from retrikt.student.methods import get_method
@@ -105,25 +138,28 @@ def run_grid(cfg: CompareConfig) -> dict[str, str]:
             get_method(method)
         except RetriktError as e:
             missing[method] = str(e)
-    for task_name in cfg.tasks:
-        task = get_task(task_name)
-        pool = load_split(task, "train", data_dir=cfg.data_dir)
-        for method in [m for m in cfg.methods if m not in missing]:
-            for seed in cfg.seeds[:1] if method in DETERMINISTIC else cfg.seeds:
-                tc = train_config(cfg, method, task_name, seed)
-                if result_file(cfg, tc).exists():
-                    continue
-                try:
-                    if method in STORE_METHODS:
-                        ensure_store(cfg, task_name)
-                    r = run_one(tc, task, pool, seed)
-                    print(f"{task_name:8s} {method:12s} seed {seed}: {r['main'] * 100:.1f}", flush=True)
-                except RetriktError as e:
-                    missing.setdefault(f"{method} on {task_name}", str(e))
-                    logger.error("%s on %s (seed %d) failed: %s", method, task_name, seed, e)
-                except Exception:  # one broken run must not lose the rest of the grid
-                    missing.setdefault(f"{method} on {task_name}", traceback.format_exc(limit=3))
-                    logger.exception("%s on %s (seed %d) crashed", method, task_name, seed)
+    if "arithmetic" in cfg.methods and len(cfg.tasks) < 2:
+        missing["arithmetic"] = "merges the lora modules of the other tasks: compare at least two tasks"
+    pools: dict[str, tuple] = {}
+    for method, task_name, seed in _jobs(cfg, [m for m in cfg.methods if m not in missing]):
+        if task_name not in pools:
+            task = get_task(task_name)
+            pools[task_name] = (task, load_split(task, "train", data_dir=cfg.data_dir))
+        task, pool = pools[task_name]
+        tc = train_config(cfg, method, task_name, seed)
+        if _done(cfg, tc):
+            continue
+        try:
+            if method in STORE_METHODS:
+                ensure_store(cfg, task_name)
+            r = run_one(tc, task, pool, seed)
+            print(f"{task_name:8s} {method:12s} seed {seed}: {r['main'] * 100:.1f}", flush=True)
+        except RetriktError as e:
+            missing.setdefault(f"{method} on {task_name}", str(e))
+            logger.error("%s on %s (seed %d) failed: %s", method, task_name, seed, e)
+        except Exception:  # one broken run must not lose the rest of the grid
+            missing.setdefault(f"{method} on {task_name}", traceback.format_exc(limit=3))
+            logger.exception("%s on %s (seed %d) crashed", method, task_name, seed)
     return missing
 
 

@@ -54,3 +54,35 @@ def test_unavailable_method_is_listed_as_missing_not_skipped(tmp_path):
     args[i + 1:i + 3] = ["finetune", "no-such-method"]
     assert compare.main(args) == 0
     assert "no-such-method: unknown method" in (tmp_path / "cmp" / "table.md").read_text()
+
+
+def test_arithmetic_merges_the_other_tasks_lora_modules_after_they_exist(tmp_path, monkeypatch):
+    real, seen = retrikt.train.run_one, []
+
+    def spy(cfg, task, pool, seed):
+        seen.append((cfg.method, cfg.task, list(cfg.adapters)))
+        return real(cfg, task, pool, seed)
+
+    monkeypatch.setattr(retrikt.train, "run_one", spy)
+    args = _args(tmp_path)
+    i = args.index("--methods")
+    args[i + 1:i + 3] = ["arithmetic"]          # lora is not asked for: its modules are trained anyway
+    args[args.index("--tasks") + 1:args.index("--tasks") + 2] = ["cb", "rte"]
+    args[args.index("--seeds") + 1:args.index("--seeds") + 3] = ["1"]
+    assert compare.main(args) == 0
+    runs = tmp_path / "cmp" / "runs"
+    assert [(m, t) for m, t, _ in seen] == [("lora", "cb"), ("lora", "rte"), ("arithmetic", "cb"),
+                                            ("arithmetic", "rte")]
+    assert seen[2][2] == [str(runs / "rte__lora__tiny-encoder__seed1" / "encoder")]
+    from retrikt.init.adapters import load_adapter
+    assert load_adapter(seen[2][2][0]).sidecar["init_seed"] == 1    # shared, recorded init
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "| arithmetic | tiny-encoder |" in table and "| lora |" not in table
+
+
+def test_arithmetic_with_one_task_is_listed_as_missing(tmp_path):
+    args = _args(tmp_path)
+    i = args.index("--methods")
+    args[i + 1:i + 3] = ["finetune", "arithmetic"]
+    assert compare.main(args) == 0
+    assert "arithmetic: merges the lora modules of the other tasks" in (tmp_path / "cmp" / "table.md").read_text()

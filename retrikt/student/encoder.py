@@ -80,7 +80,11 @@ class EncoderClassifier(nn.Module):
         """Encoder via save_pretrained (a PEFT adapter folder when it is PEFT-wrapped), head as safetensors."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(folder / "encoder")
+        if hasattr(self.encoder, "retrikt_init"):  # seeded PEFT module: PEFT format plus its init record
+            from retrikt.init.adapters import save_adapter
+            save_adapter(self.encoder, folder / "encoder", task=self.task.name)
+        else:
+            self.encoder.save_pretrained(folder / "encoder")
         self.tokenizer.save_pretrained(folder / "encoder")
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                   str(folder / "head.safetensors"))

@@ -113,17 +113,19 @@ def lora_config_for(model, r: int, alpha: int, causal: bool):
 
 
 def train_lora(cfg: TrainConfig, task, train: list[dict], seed: int):
-    from peft import get_peft_model
+    from retrikt.init.adapters import seeded_peft_model
     seed_everything(seed)
     device = resolve_device(cfg.device)
     causal = _is_causal(cfg.student)
+    # The LoRA init depends on the seed only (not on the task), and is recorded in the saved adapter, so modules of
+    # different tasks trained with one seed can be composed by module arithmetic.
     if causal:
         model, tok = models.load_causal_lm(cfg.student, device=device)
-        student = LMClassifier(get_peft_model(model, lora_config_for(model, cfg.lora_r, cfg.lora_alpha, True)),
-                               tok, task)
+        peft_model = seeded_peft_model(model, lora_config_for(model, cfg.lora_r, cfg.lora_alpha, True), seed)
+        student = LMClassifier(peft_model, tok, task)
     else:
         encoder, tok = models.load_encoder(cfg.student, device=device)
-        peft_encoder = get_peft_model(encoder, lora_config_for(encoder, cfg.lora_r, cfg.lora_alpha, False))
+        peft_encoder = seeded_peft_model(encoder, lora_config_for(encoder, cfg.lora_r, cfg.lora_alpha, False), seed)
         student = EncoderClassifier(peft_encoder, tok, task, max_length=cfg.max_length).to(device)
     losses = fit(student, train, fit_config(cfg), seed, desc=f"lora {task.name} s{seed}")
     return student, {"final_loss": losses[-1] if losses else None}
