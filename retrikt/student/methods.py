@@ -56,8 +56,9 @@ class TrainConfig(FitConfig):
                                  "student on the whole k-shot set (a second training run)")
     no_retrieval: bool = arg(False, help="retrikt ablation: no retrieval at inference (store as training data only)")
     no_relational: bool = arg(False, help="retrikt ablation: no relational loss")
-    retrieve_from: str = arg("store", help="retrikt ablation: store | kshot (retrieve among the k-shot set only)",
-                             choices=["store", "kshot"])
+    retrieve_from: str = arg("store", help="retrikt: what the student retrieves from: store | both (the store plus "
+                                          "the labelled k-shot examples, gold labels) | kshot (ablation: k-shot only)",
+                             choices=["store", "both", "kshot"])
     parametric_rank: int = arg(16, help="parametric: LoRA rank of the SVD factors (paper: 16, alpha = r)")
     parametric_seeds: int = arg(32, help="parametric: seed samples for the sensitivity (paper: 32)")
     parametric_layers: str = arg("sensitivity", help="parametric: layer selection, sensitivity | random (ablation)",

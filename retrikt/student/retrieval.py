@@ -107,10 +107,17 @@ class RetrievalStudent(nn.Module):
         folder = Path(folder)
         self.base.save(folder, meta=meta)
         save_file({"weight": self.proj.weight.detach().cpu().contiguous()}, str(folder / "proj.safetensors"))
-        atomic_write_json(folder / "retrieval.json", {"settings": self.settings.__dict__,
-                                                      "use_retrieval": self.use_retrieval,
-                                                      "store": str(Path(self.store.folder).resolve()),
-                                                      "store_checksum": self.store.checksum})
+        on_disk = self.store if not isinstance(self.store, MemoryStore) else self.store.base
+        extra = len(self.store.extra[1]) if isinstance(self.store, MemoryStore) else 0
+        if extra:  # labelled examples the student retrieves besides the store: kept with it
+            emb, entries = self.store.extra
+            save_file({"embeddings": torch.from_numpy(np.ascontiguousarray(emb))}, str(folder / "memory.safetensors"))
+            atomic_write_json(folder / "memory.json", {"embedder": self.store.manifest["embedder"],
+                                                       "entries": entries})
+        atomic_write_json(folder / "retrieval.json", {
+            "settings": self.settings.__dict__, "use_retrieval": self.use_retrieval, "memory_rows": extra,
+            "store": str(Path(on_disk.folder).resolve()) if on_disk is not None else None,
+            "store_checksum": on_disk.checksum if on_disk is not None else None})
 
 
 def _onehot(entry: dict, n: int) -> list[float]:
@@ -131,13 +138,23 @@ def relational_targets(store, texts_emb: np.ndarray, k: int, exclude: list[int |
 
 
 class MemoryStore:
-    """A store held in memory (exact search): the k-shot-only retrieval ablation, and tests."""
+    """A store held in memory (exact search): the store plus the labelled k-shot examples (``base`` = the on-disk
+    store whose rows come first), the k-shot-only retrieval ablation, and tests."""
 
-    def __init__(self, embeddings: np.ndarray, entries: list[dict], embedder: dict, folder: str = "<memory>"):
+    def __init__(self, embeddings: np.ndarray, entries: list[dict], embedder: dict, folder: str = "<memory>",
+                 base=None):
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         self._entries = entries
         self.manifest = {"embedder": embedder}
-        self.folder, self.checksum = folder, "memory"
+        self.base = base
+        self.folder = base.folder if base is not None else folder
+        self.checksum = base.checksum if base is not None else "memory"
+
+    @property
+    def extra(self) -> tuple[np.ndarray, list[dict]]:
+        """The rows that are not in ``base``: they are saved with a student, the base store is pointed to."""
+        n = len(self.base) if self.base is not None else 0
+        return self.embeddings[n:], self._entries[n:]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -245,25 +262,38 @@ def _fit_retrieval(cfg, task, store, labelled: list[dict], settings: RetrievalSe
     seed_everything(seed)
     embedder = store_embedder(store)
     kshot_emb = _embed(embedder, task, labelled)
-    if cfg.retrieve_from == "kshot":  # ablation: retrieve only among the labelled k-shot examples
-        entries = [{"fields": {f: e[f] for f in task.text_fields}, "label": e["label"], "soft_label": None}
-                   for e in labelled]
-        store = MemoryStore(kshot_emb, entries, store.manifest["embedder"])
-    data = labelled + (store_examples(store) if cfg.retrieve_from == "store" else [])
-    q_emb = np.concatenate([kshot_emb, store.embeddings[:len(data) - len(labelled)]])
-    # Each example must not count itself among its neighbours (store entries, and k-shot examples in the ablation).
-    self_ids = (list(range(len(labelled))) if cfg.retrieve_from == "kshot"
-                else [None] * len(labelled) + list(range(len(data) - len(labelled))))
-    nbr_ids, nbr_sims = relational_targets(store, q_emb, min(cfg.retrieval_k, len(store) - 1), self_ids)
+    memory, data, q_emb, self_ids = _memory(cfg, task, store, labelled, kshot_emb)
+    nbr_ids, nbr_sims = relational_targets(memory, q_emb, min(cfg.retrieval_k, len(memory) - 1), self_ids)
     for e, i, s in zip(data, nbr_ids, nbr_sims):
         e["nbr_ids"], e["nbr_sims"] = i, s
     del embedder
-    model = RetrievalStudent(_base_student(cfg, task, resolve_device(cfg.device)), store, settings,
+    model = RetrievalStudent(_base_student(cfg, task, resolve_device(cfg.device)), memory, settings,
                              use_retrieval=not cfg.no_retrieval)
     fc = _union_fit_config(cfg, len(labelled), len(data))
     losses = fit(model, data, fc, seed, desc=f"retrikt {task.name} s{seed}",
                  loss_fn=lambda m, b: _retrieval_loss(m, b, fc, settings.rel_weight, cfg.rel_tau))
-    return model, store, losses
+    return model, memory, losses
+
+
+def _memory(cfg, task, store, labelled: list[dict], kshot_emb: np.ndarray):
+    """What the student retrieves from (store | kshot | both), its training data, their query embeddings, and
+    each training example's own row in the memory (excluded from its neighbours)."""
+    n_store = len(store) if cfg.retrieve_from in ("store", "both") else 0
+    data = labelled + (store_examples(store) if n_store else [])
+    q_emb = np.concatenate([kshot_emb, store.embeddings[:n_store]])
+    if cfg.retrieve_from == "store":
+        return store, data, q_emb, [None] * len(labelled) + list(range(n_store))
+    # labelled examples vote with their gold label (one-hot)
+    kshot = [{"fields": {f: e[f] for f in task.text_fields}, "label": e["label"], "soft_label": None}
+             for e in labelled]
+    if cfg.retrieve_from == "kshot":  # ablation: retrieve only among the labelled k-shot examples
+        return (MemoryStore(kshot_emb, kshot, store.manifest["embedder"]), data, q_emb,
+                list(range(len(labelled))))
+    if cfg.retrieve_from != "both":
+        raise RetriktError(f"retrieve_from must be store, kshot or both, got {cfg.retrieve_from!r}")
+    memory = MemoryStore(np.concatenate([store.embeddings, kshot_emb]), store.entries(range(n_store)) + kshot,
+                         store.manifest["embedder"], base=store)
+    return memory, data, q_emb, [n_store + i for i in range(len(labelled))] + list(range(n_store))
 
 
 def train_retrikt(cfg, task, train: list[dict], seed: int):
@@ -295,11 +325,32 @@ def load_retrieval_student(folder: str | Path, task, base: str, store_path: str 
     from retrikt.student.encoder import load_student
     folder = Path(folder)
     info = json.loads((folder / "retrieval.json").read_text())
-    store = open_store(store_path or info["store"])
-    if store.checksum != info["store_checksum"]:
-        raise RetriktError(f"{folder}: the student was trained with store checksum {info['store_checksum'][:12]}…, "
-                           f"but {store.folder} has {store.checksum[:12]}… (a different or rebuilt store)")
+    store = None
+    if info["store"] is not None or store_path:
+        store = open_store(store_path or info["store"])
+        if store.checksum != info["store_checksum"]:
+            raise RetriktError(f"{folder}: the student was trained with store checksum "
+                               f"{str(info['store_checksum'])[:12]}…, but {store.folder} has {store.checksum[:12]}… "
+                               "(a different or rebuilt store)")
+    if info.get("memory_rows"):
+        store = _with_memory(folder, store, info["memory_rows"])
     model = RetrievalStudent(load_student(folder, task, base=base), store, RetrievalSettings(**info["settings"]),
                              use_retrieval=info["use_retrieval"])
     model.proj.load_state_dict(load_file(str(folder / "proj.safetensors")))
     return model
+
+
+def _with_memory(folder: Path, store, rows: int) -> MemoryStore:
+    """The saved student's memory: the store's rows (if any) followed by its saved labelled examples."""
+    from safetensors.torch import load_file
+    mem = json.loads((folder / "memory.json").read_text())
+    emb = load_file(str(folder / "memory.safetensors"))["embeddings"].numpy()
+    if len(emb) != rows or len(mem["entries"]) != rows:
+        raise RetriktError(f"{folder}: memory.json / memory.safetensors do not hold the {rows} saved rows")
+    if store is None:
+        return MemoryStore(emb, mem["entries"], mem["embedder"], folder=str(folder))
+    if store.manifest["embedder"] != mem["embedder"]:
+        raise RetriktError(f"{folder}: saved memory was embedded with {mem['embedder']}, the store with "
+                           f"{store.manifest['embedder']}")
+    return MemoryStore(np.concatenate([store.embeddings, emb]), store.entries(range(len(store))) + mem["entries"],
+                       store.manifest["embedder"], base=store)

@@ -104,7 +104,7 @@ def _tiny_store(folder):
 
 
 @pytest.mark.parametrize("flags", [{}, {"no_relational": True}, {"no_retrieval": True}, {"retrieve_from": "kshot"},
-                                   {"retrieve_from": "kshot", "refit": False}])
+                                   {"retrieve_from": "kshot", "refit": False}, {"retrieve_from": "both"}])
 def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, flags):
     from retrikt.student.methods import TrainConfig
     from retrikt.student.retrieval import train_kd, train_retrikt
@@ -124,5 +124,12 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
     if flags.get("retrieve_from") == "kshot":
         # the final student retrieves among all 8 k-shot examples; without refit, minus the 2 held out
         assert len(model.store) == (8 if flags.get("refit", True) else 6)
+    if flags.get("retrieve_from") == "both":  # the 12 store entries, then the 8 k-shot examples with gold labels
+        assert len(model.store) == 20
+        np.testing.assert_array_equal(model.teacher_probs[12:], np.eye(2)[[e["label"] for e in train]])
+        model.save(tmp_path / "student", meta={"base": "tiny-encoder"})
+        again = load_retrieval_student(tmp_path / "student", get_task("sst2"), base="tiny-encoder")
+        assert len(again.store) == 20 and again.store.checksum == extra["store_checksum"]
+        np.testing.assert_allclose(again.predict_proba(EX), p, atol=1e-5)
     kd, info = train_kd(cfg, get_task("sst2"), train, seed=1)
     assert info["store_entries"] == 12 and kd.predict_proba(EX).shape == (3, 2)
