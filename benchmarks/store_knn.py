@@ -1,0 +1,120 @@
+"""How much can retrieval from a store help? kNN over the store, scored on the real validation set.
+
+    python -m benchmarks.store_knn --stores stores/cb-qwen-0.5b stores/rte-qwen-0.5b --name store_knn
+
+For each store and k: embed every validation example with the store's own embedder, retrieve its top-k entries and
+predict with the retrieval half of the RetriKT mixture alone, Σ softmax(sim/τ)·p_teacher (β = 0), once with the
+teacher's soft labels and once with the labels the generator was conditioned on. The baseline, measured in the same
+run, is the same kNN over the 32 labelled k-shot examples (gold labels) the student also gets. A store whose kNN is
+no better than the k-shot kNN or the majority class cannot lift a student by retrieval, whatever β is chosen.
+
+This reads validation labels to *diagnose* a store; nothing here selects a setting that a reported result uses.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from retrikt import models
+from retrikt.config import arg, parse_config
+from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
+from retrikt.store import Store
+from retrikt.store.samples import embed_text, embed_texts
+from retrikt.tasks import compute_metrics, get_task, load_split, sample_few_shot
+
+from benchmarks.common import RESULTS
+
+
+@dataclass
+class StoreKnnBench:
+    stores: list[str] = arg([], help="store folders to diagnose")
+    ks: list[int] = arg([1, 4, 8, 16], help="neighbour counts")
+    tau: float = arg(0.1, help="softmax temperature over neighbour similarities (the retrikt default)")
+    shots: int = arg(32, help="size of the k-shot baseline memory")
+    seeds: list[int] = arg([1, 2, 3], help="k-shot samples for the baseline memory")
+    data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
+    name: str = arg("store_knn", help="results file stem")
+
+
+def knn_predict(sims: np.ndarray, ids: np.ndarray, labels: np.ndarray, tau: float) -> np.ndarray:
+    """labels: [n_memory, num_labels] distributions; sims, ids: [q, k] from a search. Returns [q] predictions."""
+    w = np.exp((sims - sims.max(1, keepdims=True)) / tau)
+    w /= w.sum(1, keepdims=True)
+    return (w[:, :, None] * labels[ids]).sum(1).argmax(1)
+
+
+def _onehot(y, n: int) -> np.ndarray:
+    return np.eye(n, dtype=np.float32)[np.asarray(y, dtype=int)]
+
+
+def _scores(task, gold, q, keys, labels, ks, tau) -> dict[int, float]:
+    sims = q @ keys.T
+    order = np.argsort(-sims, 1)
+    out = {}
+    for k in ks:
+        ids = order[:, :min(k, keys.shape[0])]
+        pred = knn_predict(np.take_along_axis(sims, ids, 1), ids, labels, tau)
+        out[k] = compute_metrics(task, gold, pred.tolist())["main"]
+    return out
+
+
+def diagnose(path: str, cfg: StoreKnnBench) -> dict:
+    store = Store.open(path)
+    task = get_task(store.manifest["task"])
+    embedder = models.load_sentence_transformer(store.manifest["embedder"]["name"])
+    val = load_split(task, "validation", data_dir=cfg.data_dir)
+    gold = [e["label"] for e in val]
+    q = embed_texts(embedder, [embed_text(task, e) for e in val])
+    entries = store.entries(range(len(store)))
+    n = task.num_labels
+    soft = np.asarray([e.get("soft_label") or _onehot(e["label"], n) for e in entries], dtype=np.float32)
+    keys = np.asarray(store.embeddings, dtype=np.float32)
+    row = {"store": path, "task": task.name, "entries": len(store),
+           "majority": max(np.bincount(gold, minlength=n)) / len(gold),
+           "teacher_soft": _scores(task, gold, q, keys, soft, cfg.ks, cfg.tau),
+           "conditioned": _scores(task, gold, q, keys, _onehot([e["label"] for e in entries], n), cfg.ks, cfg.tau)}
+    pool = load_split(task, "train", data_dir=cfg.data_dir)
+    per_seed, both = [], []
+    for seed in cfg.seeds:
+        shot = sample_few_shot(pool, n=cfg.shots, seed=seed)  # the k-shot set retrikt.train gives the student
+        mem = embed_texts(embedder, [embed_text(task, e) for e in shot])
+        shot_y = _onehot([e["label"] for e in shot], n)
+        per_seed.append(_scores(task, gold, q, mem, shot_y, cfg.ks, cfg.tau))
+        both.append(_scores(task, gold, q, np.concatenate([keys, mem]), np.concatenate([soft, shot_y]), cfg.ks,
+                            cfg.tau))
+    row["kshot"] = {k: [s[k] for s in per_seed] for k in cfg.ks}
+    row["both"] = {k: [s[k] for s in both] for k in cfg.ks}
+    return row
+
+
+def table(rows: list[dict], ks: list[int]) -> str:
+    lines = ["| store | entries | majority | memory | " + " | ".join(f"k={k}" for k in ks) + " |",
+             "|---|---:|---:|---|" + "---:|" * len(ks)]
+    for r in rows:
+        lead = f"| {r['store']} | {r['entries']} | {100 * r['majority']:.1f} |"
+        lines.append(lead + " store, teacher labels | " + " | ".join(f"{100 * r['teacher_soft'][k]:.1f}" for k in ks) + " |")
+        lines.append(lead + " store, conditioned labels | " + " | ".join(f"{100 * r['conditioned'][k]:.1f}" for k in ks) + " |")
+        for key, name in (("kshot", "32 k-shot examples, gold (baseline)"), ("both", "store + k-shot examples")):
+            lines.append(lead + f" {name} | " + " | ".join(
+                f"{100 * np.mean(r[key][k]):.1f} ± {100 * np.std(r[key][k]):.1f}" for k in ks) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(StoreKnnBench, argv, description=__doc__)
+    rows = [diagnose(p, cfg) for p in cfg.stores]
+    meta = run_metadata(config=asdict(cfg), seeds=cfg.seeds)
+    atomic_write_json(RESULTS / f"{cfg.name}.json", {**meta, "rows": rows})
+    regen = f"python -m benchmarks.store_knn --stores {' '.join(cfg.stores)} --name {cfg.name}"
+    md = (f"# kNN over the store vs over the k-shot set (validation, main metric x100)\n\n{table(rows, cfg.ks)}\n\n"
+          f"β = 0 (retrieval only), τ = {cfg.tau}; k-shot baseline mean ± std over seeds {cfg.seeds}. "
+          f"Commit `{meta['git_commit']}`. Regenerate: `{regen}`\n")
+    atomic_write_text(RESULTS / f"{cfg.name}.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
