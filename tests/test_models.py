@@ -289,3 +289,17 @@ def test_real_qwen_05b_answers():
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert "5" in tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_rss_report_reads_this_process_and_logs_a_stage(caplog):
+    import logging
+
+    from retrikt.models.ram import log_rss, rss_gib
+    before = rss_gib()
+    block = bytearray(200 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])   # touch every page
+    after = rss_gib()
+    assert after["rss"] - before["rss"] > 0.15 and after["peak"] >= after["rss"] > 0
+    with caplog.at_level(logging.INFO, logger="retrikt.models.ram"):
+        log_rss("a test stage")
+    assert "memory after a test stage: rss" in caplog.text

@@ -36,6 +36,7 @@ from retrikt.init.parametric_lora import (DELTA, _transposed, factorise, load_pa
 from retrikt.init.sensitivity import (BlockScores, best_block, best_block_loop, compute_block_scores,  # noqa: F401
                                       compute_sensitivity, random_block, select_layers, window_sums)
 from retrikt.io import RetriktError
+from retrikt.models.ram import log_rss
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +296,7 @@ def extract_from_teacher(teacher: TeacherSource, student: nn.Module, tokenizer, 
     (and its memory freed, if the caller kept no reference) before this returns."""
     cfg = cfg or ParametricConfig()
     model = teacher() if callable(teacher) and not isinstance(teacher, nn.Module) else teacher
+    log_rss("loading the teacher")
     try:
         entries, s_blocks, _, n_teacher = _plan(model, student, cfg)
         if cfg.layer_selection == "random":   # layers known up front: score only those
@@ -311,10 +313,12 @@ def extract_from_teacher(teacher: TeacherSource, student: nn.Module, tokenizer, 
             scores = compute_block_scores(model, tokenizer, seeds, [e.param for e in entries], windows,
                                           batch_size=cfg.batch_size, max_length=cfg.max_length,
                                           add_eos=cfg.add_eos)
+            log_rss("the sensitivity pass")
         return extract_lora(model, student, scores, cfg)
     finally:
         del model
         gc.collect()
+        log_rss("extraction (teacher freed)")
 
 
 def init_parametric(student: nn.Module, teacher: TeacherSource, tokenizer, pairs: Sequence[tuple[str, str]],
@@ -326,4 +330,6 @@ def init_parametric(student: nn.Module, teacher: TeacherSource, tokenizer, pairs
     """
     cfg = cfg or ParametricConfig()
     factors = extract_from_teacher(teacher, student, tokenizer, pairs, cfg)
-    return inject_lora(student, factors, cfg)
+    model = inject_lora(student, factors, cfg)
+    log_rss("injection into the student")
+    return model

@@ -27,6 +27,25 @@ def available_ram_gib() -> float | None:
     return min(values) if values else None
 
 
+def rss_gib() -> dict[str, float]:
+    """This process's resident memory now and at its peak (VmRSS / VmHWM; anonymous plus touched mmap pages)."""
+    out = {}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key = {"VmRSS:": "rss", "VmHWM:": "peak", "RssAnon:": "anon", "RssFile:": "file"}.get(line.split()[0])
+            if key:
+                out[key] = int(line.split()[1]) / 2**20
+    return out
+
+
+def log_rss(stage: str) -> None:
+    """One log line per stage, so a run's log shows where its peak memory went."""
+    r = rss_gib()
+    if r:
+        logger.info("memory after %s: rss %.2f GiB (anon %.2f, file-backed %.2f), peak %.2f GiB", stage,
+                    r.get("rss", 0), r.get("anon", 0), r.get("file", 0), r.get("peak", 0))
+
+
 def ram_estimate_gib(name: str, action: str = "load", dtype: Any = "float32") -> float:
     """Peak RAM (GiB) of converting or loading ``name``, from measurements in MODELS.md and our own."""
     convert, load = get_spec(name).ram_gib
