@@ -38,6 +38,8 @@ class TrainConfig(FitConfig):
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ files (default: ../shared/data if present)")
     out: str = arg("train/runs", help="folder for results JSON (one file per task/method/student/seed)")
     save_student: bool = arg(False, help="also save each trained student next to its results")
+    micro_batch_size: int = arg(-1, help="examples per forward/backward, gradients accumulated over the batch; "
+                                         "-1 = auto: 2 for causal-LM students (activation memory), else the batch")
     max_length: int = arg(256, help="encoder max tokens per input")
     lora_r: int = arg(8, help="LoRA rank for the lora method")
     lora_alpha: int = arg(16, help="LoRA alpha for the lora method")
@@ -85,6 +87,8 @@ def fit_config(cfg: TrainConfig) -> FitConfig:
     base = {k: v for k, v in asdict(cfg).items() if k in FitConfig.__dataclass_fields__}
     if cfg.lr is None:
         base["lr"] = DEFAULT_LR.get(cfg.method, 5e-5)
+    if cfg.micro_batch_size < 0:  # auto: bounded activation memory for causal-LM students
+        base["micro_batch_size"] = 2 if _is_causal(cfg.student) else 0
     return FitConfig(**base)
 
 

@@ -1,8 +1,15 @@
 """benchmarks.arithmetic: data splits, the SST-2 detokeniser, and the whole --smoke run (tiny random models),
 including that a rerun skips every finished (experiment, seed)."""
+import dataclasses
 import json
 
-from benchmarks.arithmetic import detokenize, main, skewed_subsets
+import numpy as np
+import pytest
+from retrikt.init.arithmetic import merge
+from retrikt.tasks import get_task
+
+from benchmarks.arithmetic import (EXPERIMENTS, RESULT_FIELDS, ArithmeticBench, detokenize, encoder_module,
+                                   fingerprint, load_state, main, module_state, skewed_subsets)
 
 
 def _train(n: int = 400) -> list[dict]:
@@ -18,9 +25,31 @@ def test_skewed_subsets_are_disjoint_and_skewed():
     assert skewed_subsets(_train(), 50, 0.8, 30, seed=1)[0] == s1 != skewed_subsets(_train(), 50, 0.8, 30, seed=2)[0]
 
 
+def test_every_result_setting_is_fingerprinted_per_experiment():
+    used = set().union(*RESULT_FIELDS.values())
+    fields = {f.name for f in dataclasses.fields(ArithmeticBench)}
+    assert fields - used == {"experiments", "seeds", "device", "out_dir", "name"} and used <= fields
+    base, other = ArithmeticBench(), ArithmeticBench(lm="qwen-0.5b", seeds=[7])
+    assert [fingerprint(base, e) == fingerprint(other, e) for e in EXPERIMENTS] == [True, True, False]
+    assert fingerprint(base, "distribution") != fingerprint(ArithmeticBench(head_lr=1e-3), "distribution")
+
+
 def test_detokenize_undoes_ptb_spacing():
     assert detokenize("it 's slow -- very , very slow . ") == "It's slow -- very, very slow."
     assert detokenize("does n't ( really ) work `` here '' ; costs $ 5 !") == 'Doesn\'t (really) work "here"; costs $5!'
+
+
+@pytest.mark.parametrize("ptype", ["lora", "ia3"])
+def test_merge_at_lambda_one_is_the_first_module_head_included(ptype):
+    task = get_task("sst2")
+    data = [{"idx": i, "sentence": w, "label": i % 2} for i, w in enumerate("good bad great awful fine poor".split())]
+    cfg = ArithmeticBench(encoder="tiny-encoder", epochs=2, batch_size=2)
+    first, second = (encoder_module(cfg, task, d, ptype, 3, "cpu") for d in (data, data[::-1]))
+    assert first.encoder.retrikt_init == second.encoder.retrikt_init
+    states = [module_state(first), module_state(second)]
+    assert not np.allclose(first.predict_proba(data), second.predict_proba(data))
+    load_state(second, merge(states, [1.0, 0.0], ptype.upper(), head="merge"))
+    np.testing.assert_allclose(second.predict_proba(data), first.predict_proba(data), atol=1e-6)
 
 
 def test_smoke_run_writes_tables_and_resumes(tmp_path, capsys):
@@ -38,10 +67,12 @@ def test_smoke_run_writes_tables_and_resumes(tmp_path, capsys):
     mt = exps["multitask"][0]["result"]
     assert mt["shared_init"] and set(mt["rows"]) == {"sst2", "cola"}
     unl = exps["unlearning"][0]["result"]
-    assert unl["lam"] in (0.5, 1.0) and unl["rows"]["negated-1"]["lam"] == 1.0 and 0 <= unl["rows"]["negated"]["negative_share"] <= 1
+    assert unl["lam"] in (0.5, 1.0) and unl["rows"]["negated-1"]["lam"] == 1.0
+    assert 0 <= unl["rows"]["negated"]["negative_share"] <= 1 and set(unl["heldout_curve"]) == {"0.5", "1.0"}
     assert unl["rows"]["base"]["ppl_val"] > 1 and 0 < unl["classifier"]["accuracy"] <= 1
     md = (tmp_path / "arithmetic_smoke.md").read_text()
-    assert "## 1. Distribution" in md and "| ia3 | union |" in md and "| cola | mcc % |" in md and "⊖ module (λ = 1)" in md
+    assert "## 1. Distribution" in md and "| ia3 | union |" in md and "| cola | mcc % |" in md
+    assert "⊖ module (λ = 1)" in md and "Regenerate: `OMP_NUM_THREADS=1" in md
     lines = (tmp_path / "arithmetic_smoke.runs.jsonl").read_text().splitlines()
     assert len(lines) == 3
     capsys.readouterr()

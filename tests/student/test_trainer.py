@@ -54,3 +54,29 @@ def test_regression_loss_is_mse():
     task = get_task("stsb")
     got = example_loss(torch.tensor([1.0, 3.0]), [{"label": 2.0}, {"label": 3.5}], task, FitConfig())
     assert abs(float(got) - (1.0 + 0.25) / 2) < 1e-6
+
+
+def test_micro_batches_give_the_whole_batch_update():
+    from retrikt.student.lm import LMClassifier
+    from tests.tiny import tiny_qwen
+    task = get_task("sst2")
+    tok = tiny_tokenizer()
+    data = _toy_sst2()[:7]   # 7 = 3 + 3 + 1: unequal micro-batches must still weigh each example once
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    params = []
+    for micro in (0, 3):
+        torch.manual_seed(0)
+        student = LMClassifier(tiny_qwen(tok), tok, task)
+        start = flat(student)
+        cfg = FitConfig(epochs=1, lr=1e-2, batch_size=7, warmup_ratio=0.0, micro_batch_size=micro)
+        assert len(fit(student, data, cfg, seed=0)) == 1
+        params.append(flat(student))
+        assert not torch.allclose(params[-1], start)   # the step did move the weights
+    torch.testing.assert_close(params[0], params[1], atol=1e-5, rtol=1e-4)
+
+
+def test_auto_micro_batch_is_small_for_causal_lm_students_only():
+    from retrikt.student.methods import TrainConfig, fit_config
+    assert fit_config(TrainConfig(student="tiny-causal")).micro_batch_size == 2
+    assert fit_config(TrainConfig(student="tiny-encoder")).micro_batch_size == 0
+    assert fit_config(TrainConfig(student="tiny-causal", micro_batch_size=4)).micro_batch_size == 4
