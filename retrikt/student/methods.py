@@ -38,6 +38,9 @@ class TrainConfig(FitConfig):
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ files (default: ../shared/data if present)")
     out: str = arg("train/runs", help="folder for results JSON (one file per task/method/student/seed)")
     save_student: bool = arg(False, help="also save each trained student next to its results")
+    retrieval_labels: str = arg("teacher", help="retrikt: neighbours vote with teacher soft labels | conditioned "
+                                               "labels | auto (chosen on the held-out k-shot examples)",
+                                choices=["teacher", "conditioned", "auto"])
     micro_batch_size: int = arg(-1, help="examples per forward/backward, gradients accumulated over the batch; "
                                          "-1 = auto: 2 for causal-LM students (activation memory), else the batch")
     max_length: int = arg(256, help="encoder max tokens per input")

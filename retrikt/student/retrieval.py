@@ -7,6 +7,7 @@ inference, p = β·p_student + (1−β)·Σ_j softmax(sim_j/τ)·p_teacher(j) ov
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -35,6 +36,10 @@ class RetrievalSettings:
     tau: float = arg(0.1, help="softmax temperature over neighbour similarities")
     rel_weight: float = arg(1.0, help="weight of the relational (neighbour-similarity) loss; 0 disables it")
     holdout: float = arg(0.25, help="share of the k-shot set held out to choose k, beta and tau")
+    labels: str = arg("teacher", help="what a neighbour votes with: teacher (its soft label, the paper's) | "
+                                      "conditioned (one-hot of the label its generation was conditioned on); "
+                                      "chosen on the held-out examples with k, beta and tau",
+                      choices=["teacher", "conditioned"])
 
 
 def store_examples(store, ids=None) -> list[dict]:
@@ -57,9 +62,12 @@ class RetrievalStudent(nn.Module):
         if hidden == key_dim:  # same space size: start from the identity, the cheapest correct guess
             with torch.no_grad():
                 self.proj.weight.copy_(torch.eye(key_dim))
-        # Neighbours vote with the teacher's soft label (one-hot of the conditioned label when there is none).
-        self.teacher_probs = np.array([e.get("soft_label") or _onehot(e, self.task.num_labels)
-                                       for e in store.entries(list(range(len(store))))], dtype=np.float32)
+        # Neighbours vote with the teacher's soft label (one-hot of the conditioned label when there is none), or
+        # with the conditioned label: a weak teacher can label worse than the generator was steered.
+        entries = store.entries(list(range(len(store))))
+        self.teacher_probs = np.array([e.get("soft_label") or _onehot(e, self.task.num_labels) for e in entries],
+                                      dtype=np.float32)
+        self.conditioned_probs = np.array([_onehot(e, self.task.num_labels) for e in entries], dtype=np.float32)
 
     def tokenize(self, examples):
         return self.base.tokenize(examples)
@@ -71,12 +79,13 @@ class RetrievalStudent(nn.Module):
         return F.normalize(self.proj(self.base.embed(batch)), dim=-1)
 
     def mix(self, p_student: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int, beta: float,
-            tau: float) -> np.ndarray:
-        """β·p_student + (1−β)·Σ softmax(score/τ)·p_teacher over the first k neighbours."""
+            tau: float, labels: str = "teacher") -> np.ndarray:
+        """β·p_student + (1−β)·Σ softmax(score/τ)·p_label over the first k neighbours."""
         s, idx = scores[:, :k], ids[:, :k]
         w = np.exp((s - s.max(1, keepdims=True)) / tau)
         w /= w.sum(1, keepdims=True)
-        p_ret = (w[..., None] * self.teacher_probs[idx]).sum(1)
+        votes = self.conditioned_probs if labels == "conditioned" else self.teacher_probs
+        p_ret = (w[..., None] * votes[idx]).sum(1)
         return beta * p_student + (1 - beta) * p_ret
 
     @torch.no_grad()
@@ -97,7 +106,7 @@ class RetrievalStudent(nn.Module):
         p, scores, ids = self._student_and_neighbours(examples, s.k, batch_size)
         if not self.use_retrieval or s.beta >= 1.0:
             return p
-        return self.mix(p, scores, ids, s.k, s.beta, s.tau)
+        return self.mix(p, scores, ids, s.k, s.beta, s.tau, s.labels)
 
     def num_parameters(self) -> int:
         return self.base.num_parameters() + sum(p.numel() for p in self.proj.parameters())
@@ -204,7 +213,7 @@ def _retrieval_loss(model: RetrievalStudent, batch: list[dict], cfg: FitConfig, 
 
 
 def choose_settings(model: RetrievalStudent, dev: list[dict], grid_k=(1, 4, 8, 16), grid_beta=(0.0, 0.25, 0.5, 0.75, 1.0),
-                    grid_tau=(0.05, 0.1, 0.5)) -> dict:
+                    grid_tau=(0.05, 0.1, 0.5), grid_labels=("teacher",)) -> dict:
     """Pick k, β, τ maximising the main metric on held-out k-shot examples (never the validation split)."""
     from retrikt.tasks import compute_metrics
     if not dev:
@@ -212,13 +221,11 @@ def choose_settings(model: RetrievalStudent, dev: list[dict], grid_k=(1, 4, 8, 1
     p, scores, ids = model._student_and_neighbours(dev, max(grid_k))
     labels = [e["label"] for e in dev]
     best, best_score = {}, -np.inf
-    for k in grid_k:
-        for beta in grid_beta:
-            for tau in grid_tau:
-                pred = model.mix(p, scores, ids, min(k, ids.shape[1]), beta, tau).argmax(1)
-                score = compute_metrics(model.task, labels, pred.tolist())["main"]
-                if score > best_score + 1e-9:  # ties keep the earlier (smaller k, more retrieval) setting
-                    best, best_score = {"k": k, "beta": beta, "tau": tau}, score
+    for votes, k, beta, tau in itertools.product(grid_labels, grid_k, grid_beta, grid_tau):
+        pred = model.mix(p, scores, ids, min(k, ids.shape[1]), beta, tau, votes).argmax(1)
+        score = compute_metrics(model.task, labels, pred.tolist())["main"]
+        if score > best_score + 1e-9:  # ties keep the earlier (teacher labels, smaller k, more retrieval) setting
+            best, best_score = {"labels": votes, "k": k, "beta": beta, "tau": tau}, score
     return best | {"dev_main": best_score, "dev_n": len(dev)}
 
 
@@ -305,8 +312,11 @@ def train_retrikt(cfg, task, train: list[dict], seed: int):
     if not cfg.select_settings:
         fit_part, dev = [dict(e) for e in train], []
     model, store, losses = _fit_retrieval(cfg, task, full_store, fit_part, settings, seed)
-    chosen = choose_settings(model, dev) if dev else {}
-    for key in ("k", "beta", "tau"):
+    grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
+    chosen = choose_settings(model, dev, grid_labels=grid_labels) if dev else {}
+    if not dev:
+        settings.labels = grid_labels[0]
+    for key in ("labels", "k", "beta", "tau"):
         if key in chosen:
             setattr(settings, key, chosen[key])
     if dev and cfg.refit:

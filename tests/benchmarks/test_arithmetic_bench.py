@@ -8,8 +8,10 @@ import pytest
 from retrikt.init.arithmetic import merge
 from retrikt.tasks import get_task
 
-from benchmarks.arithmetic import (EXPERIMENTS, RESULT_FIELDS, ArithmeticBench, detokenize, encoder_module,
-                                   fingerprint, load_state, main, module_state, skewed_subsets)
+from benchmarks.arithmetic import (EXPERIMENTS, RESULT_FIELDS, ArithmeticBench, encoder_module, fingerprint,
+                                   load_state, main, module_state)
+from benchmarks.arithmetic_classify import skewed_subsets
+from benchmarks.arithmetic_unlearning import detokenize
 
 
 def _train(n: int = 400) -> list[dict]:

@@ -39,6 +39,23 @@ def test_mixture_equals_hand_computed():
     teacher = np.array([store.entries([2])[0]["soft_label"], store.entries([0])[0]["soft_label"]])
     expected = beta * p_student + (1 - beta) * (w[:, None] * teacher).sum(0)
     np.testing.assert_allclose(model.mix(p_student, scores, ids, k, beta, tau), expected, rtol=1e-6)
+    # conditioned labels: entries 2 and 0 were both generated for label 0
+    cond = beta * p_student + (1 - beta) * np.array([[1.0, 0.0]])
+    np.testing.assert_allclose(model.mix(p_student, scores, ids, k, beta, tau, "conditioned"), cond, rtol=1e-6)
+
+
+def test_label_source_is_chosen_on_held_out_examples_when_auto():
+    from retrikt.student.retrieval import choose_settings
+    store = _memory_store(n=6)
+    model = _student(store)
+    # teacher soft labels that always contradict the conditioned (here: correct) label
+    model.teacher_probs = 1.0 - model.conditioned_probs
+    dev_q = store.embeddings                      # each dev example sits on an entry of its own label
+    dev = [{"idx": i, "sentence": f"s{i}", "label": i % 2} for i in range(6)]
+    model._student_and_neighbours = lambda ex, k: (np.full((6, 2), 0.5), *store.search(dev_q, k))
+    chosen = choose_settings(model, dev, grid_labels=("teacher", "conditioned"))
+    assert chosen["labels"] == "conditioned" and chosen["beta"] < 1 and chosen["dev_main"] == 1.0
+    assert choose_settings(model, dev)["labels"] == "teacher"   # not offered: the paper's default stays
 
 
 def test_beta_one_is_exactly_the_students_own_prediction():
