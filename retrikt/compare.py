@@ -28,6 +28,7 @@ STORE_METHODS = {"kd", "retrikt"}
 DETERMINISTIC = {"teacher"}  # zero-shot scoring does not depend on the seed: run it once
 PRESETS = {
     "smoke": {"student": "tiny-encoder", "lm_student": "tiny-causal", "teacher": "tiny-causal",
+              "parametric_teacher": "tiny-causal",
               "embedder": "tiny-encoder", "shots": 8, "epochs": 2, "eval_limit": 24, "per_label": 8,
               "seeds": [1], "out": "benchmarks/results/compare-smoke", "max_new_tokens": 24, "prompt_epochs": 2},
     "default": {},
@@ -53,7 +54,9 @@ class CompareConfig:
     student: str = arg("minilm-l6", help="encoder student (finetune, lora, kd, retrikt, arithmetic: the mean of the "
                                         "other tasks' lora modules as init)")
     lm_student: str = arg("qwen-0.5b", help="causal-LM student (parametric)")
-    teacher: str = arg("qwen-0.5b", help="teacher LLM")
+    teacher: str = arg("qwen-0.5b", help="teacher LLM (store generator and labeller, teacher row)")
+    parametric_teacher: str = arg("qwen-1.5b", help="teacher the parametric method extracts from (larger than "
+                                                    "--lm-student, same tokenizer)")
     embedder: str = arg("minilm-l6", help="store embedder")
     per_label: int = arg(200, help="generated samples per label when a store must be built")
     max_new_tokens: int = arg(128, help="longest generated store sample")
@@ -75,7 +78,7 @@ def train_config(cfg: CompareConfig, method: str, task: str, seed: int):
     if method == "arithmetic":
         extra.update(op="merge", adapters=[str(a) for a in source_adapters(cfg, task, seed)])
     return TrainConfig(task=task, method=method, student=cfg.lm_student if lm else cfg.student,
-                       teacher=cfg.teacher, shots=cfg.shots, seeds=[seed], data_dir=cfg.data_dir,
+                       teacher=cfg.parametric_teacher if lm else cfg.teacher, shots=cfg.shots, seeds=[seed], data_dir=cfg.data_dir,
                        out=str(Path(cfg.out) / "runs"), epochs=cfg.epochs, eval_limit=cfg.eval_limit,
                        max_length=cfg.max_length,
                        store=str(store_path(cfg, task)) if method in STORE_METHODS else None, **extra)

@@ -86,3 +86,10 @@ def test_arithmetic_with_one_task_is_listed_as_missing(tmp_path):
     args[i + 1:i + 3] = ["finetune", "arithmetic"]
     assert compare.main(args) == 0
     assert "arithmetic: merges the lora modules of the other tasks" in (tmp_path / "cmp" / "table.md").read_text()
+
+
+def test_parametric_extracts_from_the_larger_teacher_not_the_store_teacher():
+    cfg = compare.CompareConfig()
+    tc = compare.train_config(cfg, "parametric", "cb", 1)
+    assert (tc.teacher, tc.student) == ("qwen-1.5b", "qwen-0.5b")
+    assert compare.train_config(cfg, "kd", "cb", 1).teacher == "qwen-0.5b"
