@@ -160,3 +160,16 @@ def test_load_refuses_corrupt_or_mismatched_folders(gen, tmp_path):
         f.write(b"\x00\x01\x02\x03")
     with pytest.raises(IntegrityError):
         SoftPromptGenerator.load(tmp_path / "sp", make_model()[0], tok)
+
+
+def test_micro_batches_give_the_whole_steps_gradient(gen):
+    # PAIRS' targets differ in length, so each micro-batch must be weighted by the whole step's token count.
+    grads = []
+    for micro in (0, 1):
+        opt = torch.optim.SGD([gen.prompt], lr=0.0)
+        data = [gen._pair_tokens(c, t, SoftPromptConfig()) for c, t in PAIRS]
+        loss, _ = gen._supervised_step(data, opt, SoftPromptConfig(micro_batch_size=micro, grad_clip=0))
+        grads.append((loss, gen.prompt.grad.clone()))
+    assert grads[0][1].abs().sum() > 0
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-6, rtol=1e-4)
