@@ -63,15 +63,22 @@ def commands(cfg: PeakRamBench, work: str) -> dict[str, list[str]]:
     }
 
 
+# A child's ru_maxrss counts the memory it had before exec, i.e. its parent's when forked from a big process
+# (pytest with torch loaded): a small wrapper forks the command and reports the command's own peak.
+_WRAPPER = ("import os, sys\npid = os.fork()\nif pid == 0:\n    os.execvp(sys.argv[2], sys.argv[2:])\n"
+            "_, status, ru = os.wait4(pid, 0)\nopen(sys.argv[1], 'w').write(str(ru.ru_maxrss))\n"
+            "sys.exit(os.waitstatus_to_exitcode(status) & 255)")
+
+
 def measure(cmd: list[str]) -> dict:
     """Run ``cmd``; its peak RSS (GiB), wall seconds and exit code."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    stderr = proc.stderr.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    row = {"command": shlex.join(cmd), "peak_rss_gib": usage.ru_maxrss / 1024 ** 2,
+    with tempfile.NamedTemporaryFile(prefix="retrikt-maxrss-") as out:
+        proc = subprocess.run([sys.executable, "-c", _WRAPPER, out.name, *cmd], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        kib = int(open(out.name).read() or 0)
+    stderr = proc.stderr.decode(errors="replace")
+    row = {"command": shlex.join(cmd), "peak_rss_gib": kib / 1024 ** 2,
            "wall_s": time.perf_counter() - t0, "exit_code": proc.returncode}
     if proc.returncode:
         row["error"] = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"

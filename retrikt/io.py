@@ -20,6 +20,7 @@ from typing import Any, Iterator
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+MANIFEST_HASH = "manifest.sha256"
 
 
 class RetriktError(Exception):
@@ -103,6 +104,8 @@ def write_manifest(folder: str | os.PathLike, meta: dict, files: list[str]) -> d
                  for name in files}
     manifest = dict(meta, files=checksums)
     atomic_write_json(folder / MANIFEST, manifest)
+    # The manifest checks every file but itself: its own hash sits beside it (absent in older artefacts).
+    atomic_write_text(folder / MANIFEST_HASH, sha256_file(folder / MANIFEST) + "\n")
     return manifest
 
 
@@ -117,6 +120,9 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IntegrityError(f"{mpath}: manifest is not valid JSON ({e})") from None
     if verify:
+        own = folder / MANIFEST_HASH
+        if own.exists() and own.read_text(encoding="utf-8", errors="replace").strip() != sha256_file(mpath):
+            raise IntegrityError(f"{mpath}: edited after it was written (its sha256 differs from {MANIFEST_HASH})")
         for name, info in manifest.get("files", {}).items():
             p = folder / name
             if not p.exists():

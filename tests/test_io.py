@@ -76,3 +76,18 @@ def test_run_metadata_carries_config_seeds_versions():
     assert meta["config"] == {"a": 3} and meta["seeds"] == [1, 2]
     assert "torch" in meta["versions"] and "python" in meta["versions"]
     assert "git_commit" in meta
+
+
+def test_an_edited_manifest_is_refused_and_one_without_its_hash_is_legacy(tmp_path):
+    import json
+
+    from retrikt.io import MANIFEST_HASH, IntegrityError, read_manifest, write_manifest
+    (tmp_path / "a.bin").write_bytes(b"x")
+    write_manifest(tmp_path, {"schema_version": 1, "teacher": "qwen-0.5b"}, ["a.bin"])
+    assert read_manifest(tmp_path)["teacher"] == "qwen-0.5b"
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(dict(m, teacher="qwen-1.5b")))
+    with pytest.raises(IntegrityError, match="edited after it was written"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_HASH).unlink()   # written before manifests carried their own hash
+    assert read_manifest(tmp_path)["teacher"] == "qwen-1.5b"

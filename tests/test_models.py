@@ -292,14 +292,15 @@ def test_real_qwen_05b_answers():
 
 
 def test_rss_report_reads_this_process_and_logs_a_stage(caplog):
+    # Growth cannot be asserted inside a long pytest process (freed heap is reused); the kernel's own peak can.
     import logging
+    import resource
 
     from retrikt.models.ram import log_rss, rss_gib
-    before = rss_gib()
-    block = bytearray(200 * 2**20)
-    block[::4096] = b"x" * len(block[::4096])   # touch every page
-    after = rss_gib()
-    assert after["rss"] - before["rss"] > 0.15 and after["peak"] >= after["rss"] > 0
+    r = rss_gib()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert 0 < r["rss"] <= r["peak"] and abs(r["peak"] - peak_kib / 2**20) < 0.05
+    assert abs(r["anon"] + r["file"] - r["rss"]) < 0.05
     with caplog.at_level(logging.INFO, logger="retrikt.models.ram"):
         log_rss("a test stage")
     assert "memory after a test stage: rss" in caplog.text
