@@ -22,6 +22,7 @@ from retrikt.config import arg, parse_config
 from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store import Store
 from retrikt.store.samples import embed_text, embed_texts
+from retrikt.student.retrieval import neighbour_vote
 from retrikt.tasks import compute_metrics, get_task, load_split, sample_few_shot
 
 from benchmarks.common import RESULTS
@@ -40,9 +41,7 @@ class StoreKnnBench:
 
 def knn_predict(sims: np.ndarray, ids: np.ndarray, labels: np.ndarray, tau: float) -> np.ndarray:
     """labels: [n_memory, num_labels] distributions; sims, ids: [q, k] from a search. Returns [q] predictions."""
-    w = np.exp((sims - sims.max(1, keepdims=True)) / tau)
-    w /= w.sum(1, keepdims=True)
-    return (w[:, :, None] * labels[ids]).sum(1).argmax(1)
+    return neighbour_vote(sims, ids, labels, ids.shape[1], tau).argmax(1)
 
 
 def _onehot(y, n: int) -> np.ndarray:

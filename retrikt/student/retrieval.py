@@ -51,6 +51,14 @@ def store_examples(store, ids=None) -> list[dict]:
     return out
 
 
+def neighbour_vote(scores: np.ndarray, ids: np.ndarray, votes: np.ndarray, k: int, tau: float) -> np.ndarray:
+    """Σ_j softmax(score_j/τ)·votes[id_j] over the first k neighbours: the retrieval half of the RetriKT mixture."""
+    s, idx = scores[:, :k], ids[:, :k]
+    w = np.exp((s - s.max(1, keepdims=True)) / tau)
+    w /= w.sum(1, keepdims=True)
+    return (w[..., None] * votes[idx]).sum(1)
+
+
 class RetrievalStudent(nn.Module):
     def __init__(self, base: EncoderClassifier, store, settings: RetrievalSettings, use_retrieval: bool = True):
         super().__init__()
@@ -81,11 +89,8 @@ class RetrievalStudent(nn.Module):
     def mix(self, p_student: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int, beta: float,
             tau: float, labels: str = "teacher") -> np.ndarray:
         """β·p_student + (1−β)·Σ softmax(score/τ)·p_label over the first k neighbours."""
-        s, idx = scores[:, :k], ids[:, :k]
-        w = np.exp((s - s.max(1, keepdims=True)) / tau)
-        w /= w.sum(1, keepdims=True)
         votes = self.conditioned_probs if labels == "conditioned" else self.teacher_probs
-        p_ret = (w[..., None] * votes[idx]).sum(1)
+        p_ret = neighbour_vote(scores, ids, votes, k, tau)
         return beta * p_student + (1 - beta) * p_ret
 
     @torch.no_grad()
@@ -263,17 +268,16 @@ def train_kd(cfg, task, train: list[dict], seed: int):
                      "final_loss": losses[-1] if losses else None}
 
 
-def _fit_retrieval(cfg, task, store, labelled: list[dict], settings: RetrievalSettings, seed: int):
-    """Train a RetrievalStudent on ``labelled`` plus the store's entries; returns (model, store, losses)."""
+def _fit_retrieval(cfg, task, store, labelled: list[dict], kshot_emb: np.ndarray, settings: RetrievalSettings,
+                   seed: int):
+    """Train a RetrievalStudent on ``labelled`` (store-embedded as ``kshot_emb``) plus the store's entries;
+    returns (model, memory, losses)."""
     from retrikt.student.methods import resolve_device
     seed_everything(seed)
-    embedder = store_embedder(store)
-    kshot_emb = _embed(embedder, task, labelled)
     memory, data, q_emb, self_ids = _memory(cfg, task, store, labelled, kshot_emb)
     nbr_ids, nbr_sims = relational_targets(memory, q_emb, min(cfg.retrieval_k, len(memory) - 1), self_ids)
     for e, i, s in zip(data, nbr_ids, nbr_sims):
         e["nbr_ids"], e["nbr_sims"] = i, s
-    del embedder
     model = RetrievalStudent(_base_student(cfg, task, resolve_device(cfg.device)), memory, settings,
                              use_retrieval=not cfg.no_retrieval)
     fc = _union_fit_config(cfg, len(labelled), len(data))
@@ -308,10 +312,13 @@ def train_retrikt(cfg, task, train: list[dict], seed: int):
                                  rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
     full_store = open_store(cfg.store)
     # copies: the neighbour fields added in _fit_retrieval must not leak into the shared training pool
-    fit_part, dev = _split_holdout([dict(e) for e in train], settings.holdout, seed)
-    if not cfg.select_settings:
-        fit_part, dev = [dict(e) for e in train], []
-    model, store, losses = _fit_retrieval(cfg, task, full_store, fit_part, settings, seed)
+    copies = [dict(e) for e in train]
+    fit_part, dev = _split_holdout(copies, settings.holdout, seed) if cfg.select_settings else (copies, [])
+    # one embedder load and one pass over the k-shot set serve the first fit and the refit
+    row = {id(e): i for i, e in enumerate(copies)}
+    emb = _embed(store_embedder(full_store), task, copies)
+    rows_of = lambda exs: emb[[row[id(e)] for e in exs]]  # noqa: E731
+    model, store, losses = _fit_retrieval(cfg, task, full_store, fit_part, rows_of(fit_part), settings, seed)
     grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
     chosen = choose_settings(model, dev, grid_labels=grid_labels) if dev else {}
     if not dev:
@@ -322,7 +329,9 @@ def train_retrikt(cfg, task, train: list[dict], seed: int):
     if dev and cfg.refit:
         # k, beta and tau only act at inference, so the final student may learn from every labelled example:
         # holding a quarter of a 32-shot set out would handicap retrikt against finetune and kd.
-        model, store, losses = _fit_retrieval(cfg, task, full_store, [dict(e) for e in train], settings, seed)
+        for e in copies:  # neighbour fields of the first fit are recomputed for the new memory
+            e.pop("nbr_ids", None), e.pop("nbr_sims", None)
+        model, store, losses = _fit_retrieval(cfg, task, full_store, copies, emb, settings, seed)
     return model, {"store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
                    "retrieval": dict(settings.__dict__), "selection": chosen, "refit": bool(dev and cfg.refit),
                    "final_loss": losses[-1] if losses else None}
