@@ -114,10 +114,18 @@ def result_file(cfg: CompareConfig, tc) -> Path:
 
 
 def _done(cfg: CompareConfig, tc) -> bool:
-    if not result_file(cfg, tc).exists():
+    path = result_file(cfg, tc)
+    if not path.exists():
         return False
-    # a lora result without its saved module (an older run) cannot feed the arithmetic method: redo it
-    return tc.method != "lora" or (lora_adapter(cfg, tc.task, tc.seeds[0]) / "adapter_config.json").exists()
+    if tc.method == "lora":  # a lora result without its saved module (an older run) cannot feed arithmetic: redo it
+        return (lora_adapter(cfg, tc.task, tc.seeds[0]) / "adapter_config.json").exists()
+    if tc.method == "arithmetic":  # merged from another set of tasks (the grid grew): its init is not this grid's
+        recorded = json.loads(path.read_text()).get("config", {}).get("adapters")
+        if recorded != list(tc.adapters):
+            logger.info("%s arithmetic seed %d merged %s, the grid now merges %s: redoing it",
+                        tc.task, tc.seeds[0], recorded, list(tc.adapters))
+            return False
+    return True
 
 
 def _jobs(cfg: CompareConfig, methods: list[str]) -> list[tuple[str, str, int]]:

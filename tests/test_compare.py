@@ -93,3 +93,26 @@ def test_parametric_extracts_from_the_larger_teacher_not_the_store_teacher():
     tc = compare.train_config(cfg, "parametric", "cb", 1)
     assert (tc.teacher, tc.student) == ("qwen-1.5b", "qwen-0.5b")
     assert compare.train_config(cfg, "kd", "cb", 1).teacher == "qwen-0.5b"
+
+
+def test_arithmetic_is_redone_when_the_grid_adds_a_task(tmp_path, monkeypatch):
+    """Arithmetic merges the other tasks' modules, so a grid that grows changes its init: the old result is stale."""
+    args = _args(tmp_path)
+    i = args.index("--methods")
+    args[i + 1:i + 3] = ["arithmetic"]
+    args[args.index("--seeds") + 1:args.index("--seeds") + 3] = ["1"]
+    t = args.index("--tasks")
+    assert compare.main(args[:t + 1] + ["cb", "rte"] + args[t + 2:]) == 0
+    real, seen = retrikt.train.run_one, []
+
+    def spy(cfg, task, pool, seed):
+        seen.append((cfg.method, cfg.task, len(cfg.adapters)))
+        return real(cfg, task, pool, seed)
+
+    monkeypatch.setattr(retrikt.train, "run_one", spy)
+    assert compare.main(args[:t + 1] + ["cb", "rte", "copa"] + args[t + 2:]) == 0
+    # cb/rte lora are reused; copa's lora is new; all three arithmetic runs now merge two modules
+    assert seen == [("lora", "copa", 0), ("arithmetic", "cb", 2), ("arithmetic", "rte", 2), ("arithmetic", "copa", 2)]
+    seen.clear()
+    assert compare.main(args[:t + 1] + ["cb", "rte", "copa"] + args[t + 2:]) == 0
+    assert seen == []
