@@ -114,17 +114,23 @@ def result_file(cfg: CompareConfig, tc) -> Path:
 
 
 def _done(cfg: CompareConfig, tc) -> bool:
+    from retrikt.tasks import get_task
     path = result_file(cfg, tc)
     if not path.exists():
         return False
     if tc.method == "lora":  # a lora result without its saved module (an older run) cannot feed arithmetic: redo it
         return (lora_adapter(cfg, tc.task, tc.seeds[0]) / "adapter_config.json").exists()
-    if tc.method == "arithmetic":  # merged from another set of tasks (the grid grew): its init is not this grid's
-        recorded = json.loads(path.read_text()).get("config", {}).get("adapters")
-        if recorded != list(tc.adapters):
-            logger.info("%s arithmetic seed %d merged %s, the grid now merges %s: redoing it",
-                        tc.task, tc.seeds[0], recorded, list(tc.adapters))
-            return False
+    recorded = json.loads(path.read_text()).get("config", {})
+    if tc.method == "arithmetic" and recorded.get("adapters") != list(tc.adapters):
+        # merged from another set of tasks (the grid grew): its init is not this grid's
+        logger.info("%s arithmetic seed %d merged %s, the grid now merges %s: redoing it",
+                    tc.task, tc.seeds[0], recorded.get("adapters"), list(tc.adapters))
+        return False
+    if (tc.method.startswith("teacher") and get_task(tc.task).kind != "multiple_choice"  # calibration: no-op there
+            and recorded.get("teacher_calibration", "none") != tc.teacher_calibration):
+        logger.info("%s %s was scored with calibration %s, now %s: redoing it", tc.task, tc.method,
+                    recorded.get("teacher_calibration", "none"), tc.teacher_calibration)
+        return False
     return True
 
 

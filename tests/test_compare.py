@@ -116,3 +116,23 @@ def test_arithmetic_is_redone_when_the_grid_adds_a_task(tmp_path, monkeypatch):
     seen.clear()
     assert compare.main(args[:t + 1] + ["cb", "rte", "copa"] + args[t + 2:]) == 0
     assert seen == []
+
+
+def test_teacher_scored_before_calibration_is_rescored(tmp_path, monkeypatch):
+    import json
+    args = _args(tmp_path)
+    assert compare.main(args) == 0
+    teacher = next((tmp_path / "cmp" / "runs").glob("*teacher*.json"))
+    r = json.loads(teacher.read_text())
+    assert r["config"]["teacher_calibration"] == "content-free"
+    del r["config"]["teacher_calibration"]              # a result written before the option existed: raw scores
+    teacher.write_text(json.dumps(r))
+    real, seen = retrikt.train.run_one, []
+
+    def spy(cfg, task, pool, seed):
+        seen.append(cfg.method)
+        return real(cfg, task, pool, seed)
+
+    monkeypatch.setattr(retrikt.train, "run_one", spy)
+    assert compare.main(args) == 0
+    assert seen == ["teacher"]

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 def _key(cfg) -> str:
     from retrikt.store.build import prompt_key
     blob = {"prompt": prompt_key(cfg), "rl": cfg.rl, "steps": cfg.rl_steps, "tokens": cfg.max_new_tokens}
+    if cfg.label_calibration != "none":  # the reward's labeller changed; keys of uncalibrated runs stay as they were
+        blob["label_calibration"] = cfg.label_calibration
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -55,7 +57,8 @@ def refine_prompt(cfg, task, gen, model, tok, kshot: list[dict], embedder, out: 
     if (folder / "manifest.json").exists() and json.loads((folder / "manifest.json").read_text()).get("key") == key:
         logger.info("reusing the RL-refined soft prompt in %s", folder)
         return SoftPromptGenerator.load(folder, model, tok)
-    labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos])
+    labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos],
+                            calibrate=cfg.label_calibration)
     reward_fn = make_reward_fn(task, labeller, embedder, kshot, lenient=cfg.parse_mode == "lenient")
     labels = list(range(task.num_labels))
     conditions = [condition(task, y) for y in labels]

@@ -56,6 +56,9 @@ class BuildConfig:
     batch_timeout: float = arg(600.0, help="wall-clock seconds allowed per generation batch")
     dedup_threshold: float = arg(0.95, help="drop a sample whose embedding cosine to a kept one is above this")
     label_demos: int = arg(4, help="k-shot demonstrations in the teacher's labelling prompt")
+    label_calibration: str = arg("none", help="teacher labels: none | content-free (divide by the label "
+                                              "probabilities of content-free inputs with the same demonstrations)",
+                                 choices=["none", "content-free"])
     parse_mode: str = arg("strict", help="strict: every field line must be present; lenient: split the words "
                           "over the fields (only for smoke runs with random tiny models)", choices=["strict", "lenient"])
     index: str = arg("auto", help="FAISS index: auto | flat | hnsw | ivf | ivfpq")
@@ -253,7 +256,7 @@ def build_store(cfg: BuildConfig) -> Path:
     # Rank 0 holds the store folder's lock for the whole build, so a second build into it is refused at once.
     with StoreWriter(out, meta) if state.is_main_process else contextlib.nullcontext() as writer:
         gen = shared_generator(cfg, task, model, tok, kshot, embedder, out, state)
-        labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos])
+        labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos], calibrate=cfg.label_calibration)
         filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient")
         generate_shard(cfg, task, gen, filt, labeller, embedder, meta, shard_dir(out, state.process_index),
                        rank_batches(plan, state.process_index, state.num_processes))

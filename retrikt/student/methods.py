@@ -47,6 +47,10 @@ class TrainConfig(FitConfig):
     lora_r: int = arg(8, help="LoRA rank for the lora method")
     lora_alpha: int = arg(16, help="LoRA alpha for the lora method")
     icl_demos: int = arg(4, help="in-context demonstrations for teacher-icl, drawn from the k-shot set")
+    teacher_calibration: str = arg("content-free", help="teacher / teacher-icl: none | content-free (divide the "
+                                                        "label probabilities by those of content-free inputs, Zhao "
+                                                        "et al. 2021; the raw 0.5B teacher answers one label)",
+                                   choices=["none", "content-free"])
     eval_split: str = arg("validation", help="split to score on (the official validation split)")
     eval_limit: int = arg(0, help="score only the first N validation examples (0 = all; for smoke runs)")
     device: str = arg("auto", help="auto | cpu | cuda")
@@ -144,7 +148,8 @@ def _teacher(cfg: TrainConfig, task, train: list[dict], seed: int, demos: int):
     model, tok = models.load_causal_lm(cfg.teacher, device=resolve_device(cfg.device))
     rng = random.Random(seed)
     chosen = rng.sample(train, min(demos, len(train))) if demos else []
-    return LMClassifier(model, tok, task, demos=chosen), {"student": cfg.teacher, "demos": len(chosen)}
+    return (LMClassifier(model, tok, task, demos=chosen, calibrate=cfg.teacher_calibration),
+            {"student": cfg.teacher, "demos": len(chosen), "calibration": cfg.teacher_calibration})
 
 
 def train_teacher(cfg, task, train, seed):

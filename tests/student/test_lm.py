@@ -85,3 +85,30 @@ def test_multiple_choice_uses_length_normalised_choice_loglik(lm):
     manual = _manual_scores(model, tok, task.prompt(ex), conts)
     lens = [len(tok(c, add_special_tokens=False)["input_ids"]) for c in conts]
     np.testing.assert_allclose(got, [m / n for m, n in zip(manual, lens)], atol=1e-4)
+
+
+def test_content_free_calibration_divides_by_the_prior_of_content_free_inputs(lm):
+    model, tok = lm
+    task = get_task("cb")
+    raw = LMClassifier(model, tok, task, demos=CB[:1])
+    cal = LMClassifier(model, tok, task, demos=CB[:1], calibrate="content-free")
+    # hand-computed: the raw probabilities of the three content-free inputs, with the same demonstration
+    fillers = [{"premise": x, "hypothesis": x, "label": 0} for x in ("N/A", "", "[MASK]")]
+    prior = raw.predict_proba(fillers).mean(0)
+    np.testing.assert_allclose(cal.label_prior(), prior, atol=1e-6)
+    expected = raw.predict_proba(CB) / prior
+    np.testing.assert_allclose(cal.predict_proba(CB), expected / expected.sum(1, keepdims=True), atol=1e-5)
+    # calibrated content-free inputs are uniform on average: the bias is gone
+    np.testing.assert_allclose(cal.predict_proba(fillers).mean(0), 1 / 3, atol=0.1)
+    assert not np.allclose(cal.predict_proba(CB), raw.predict_proba(CB))
+
+
+def test_calibration_leaves_multiple_choice_alone_and_rejects_unknown_modes(lm):
+    model, tok = lm
+    task = get_task("copa")
+    ex = {"idx": 0, "premise": "the man ran", "choice1": "he sat", "choice2": "the dog ran", "question": "cause",
+          "label": 1}
+    np.testing.assert_allclose(LMClassifier(model, tok, task, calibrate="content-free").predict_proba([ex]),
+                               LMClassifier(model, tok, task).predict_proba([ex]), atol=1e-6)
+    with pytest.raises(Exception, match="unknown calibration"):
+        LMClassifier(model, tok, task, calibrate="platt")
