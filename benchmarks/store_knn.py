@@ -36,6 +36,8 @@ class StoreKnnBench:
     shots: int = arg(32, help="size of the k-shot baseline memory")
     seeds: list[int] = arg([1, 2, 3], help="k-shot samples for the baseline memory")
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
+    calibrate: bool = arg(True, help="also score the teacher's soft labels after content-free calibration (the "
+                                     "store's labeller and demonstrations; build --label-calibration content-free)")
     name: str = arg("store_knn", help="results file stem")
 
 
@@ -59,6 +61,21 @@ def _scores(task, gold, q, keys, labels, ks, tau) -> dict[int, float]:
     return out
 
 
+def calibrated(store, task, soft: np.ndarray, data_dir) -> np.ndarray:
+    """The store's teacher soft labels as ``--label-calibration content-free`` would have stored them: calibration
+    divides by the labeller's label prior (same teacher, same demonstrations), so it can be applied afterwards."""
+    from retrikt.student.lm import LMClassifier
+    cfg = store.manifest["config"]
+    if cfg.get("label_calibration", "none") != "none":
+        return soft
+    pool = {e["idx"]: e for e in load_split(task, "train", data_dir=data_dir)}
+    demos = [pool[i] for i in store.manifest["kshot_idx"][:cfg["label_demos"]]]
+    model, tok = models.load_causal_lm(store.manifest["teacher"], device="cpu")
+    prior = LMClassifier(model, tok, task, demos=demos, calibrate="content-free").label_prior()
+    q = soft / prior
+    return (q / q.sum(1, keepdims=True)).astype(np.float32)
+
+
 def diagnose(path: str, cfg: StoreKnnBench) -> dict:
     store = Store.open(path)
     task = get_task(store.manifest["task"])
@@ -74,6 +91,12 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
            "majority": max(np.bincount(gold, minlength=n)) / len(gold),
            "teacher_soft": _scores(task, gold, q, keys, soft, cfg.ks, cfg.tau),
            "conditioned": _scores(task, gold, q, keys, _onehot([e["label"] for e in entries], n), cfg.ks, cfg.tau)}
+    if cfg.calibrate and task.kind != "multiple_choice":
+        cal = calibrated(store, task, soft, cfg.data_dir)
+        conditioned = np.asarray([e["label"] for e in entries])
+        row["teacher_calibrated"] = _scores(task, gold, q, keys, cal, cfg.ks, cfg.tau)
+        row["agreement"] = {"raw": float((soft.argmax(1) == conditioned).mean()),
+                            "calibrated": float((cal.argmax(1) == conditioned).mean())}
     pool = load_split(task, "train", data_dir=cfg.data_dir)
     per_seed, both = [], []
     for seed in cfg.seeds:
@@ -94,6 +117,9 @@ def table(rows: list[dict], ks: list[int]) -> str:
     for r in rows:
         lead = f"| {r['store']} | {r['entries']} | {100 * r['majority']:.1f} |"
         lines.append(lead + " store, teacher labels | " + " | ".join(f"{100 * r['teacher_soft'][k]:.1f}" for k in ks) + " |")
+        if "teacher_calibrated" in r:
+            lines.append(lead + " store, teacher labels calibrated | " + " | ".join(
+                f"{100 * r['teacher_calibrated'][k]:.1f}" for k in ks) + " |")
         lines.append(lead + " store, conditioned labels | " + " | ".join(f"{100 * r['conditioned'][k]:.1f}" for k in ks) + " |")
         for key, name in (("kshot", "32 k-shot examples, gold (baseline)"), ("both", "store + k-shot examples")):
             lines.append(lead + f" {name} | " + " | ".join(

@@ -16,3 +16,27 @@ def test_equal_similarities_average_the_neighbours_labels():
     # mean of the three: label 0 = 1.5 / 3 = label 1; only neighbours 1 and 2 -> label 1 (0.7)
     assert knn_predict(sims[:, :2], np.array([[1, 2]]), LABELS, tau=1.0).tolist() == [1]
     assert knn_predict(sims[:, :1], np.array([[0]]), LABELS, tau=1.0).tolist() == [0]
+
+
+def test_calibrated_store_labels_divide_by_the_labellers_prior(monkeypatch):
+    from types import SimpleNamespace
+
+    import benchmarks.store_knn as bench
+    from retrikt.student.lm import LMClassifier
+    from retrikt.tasks import get_task
+    from tests.tiny import tiny_qwen, tiny_tokenizer
+    tok = tiny_tokenizer()
+    model = tiny_qwen(tok)
+    task = get_task("cb")
+    pool = [{"idx": i, "premise": f"p {i}", "hypothesis": f"h {i}", "label": i % 3} for i in range(6)]
+    monkeypatch.setattr(bench, "load_split", lambda *a, **k: pool)
+    monkeypatch.setattr(bench.models, "load_causal_lm", lambda *a, **k: (model, tok))
+    store = SimpleNamespace(manifest={"teacher": "tiny", "kshot_idx": [4, 2, 0],
+                                      "config": {"label_demos": 2, "label_calibration": "none"}})
+    soft = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=np.float32)
+    prior = LMClassifier(model, tok, task, demos=[pool[4], pool[2]], calibrate="content-free").label_prior()
+    want = soft / prior
+    np.testing.assert_allclose(bench.calibrated(store, task, soft, None), want / want.sum(1, keepdims=True),
+                               rtol=1e-5)
+    store.manifest["config"]["label_calibration"] = "content-free"   # already calibrated when stored
+    np.testing.assert_array_equal(bench.calibrated(store, task, soft, None), soft)
