@@ -61,7 +61,7 @@ def refine_prompt(cfg, task, gen, model, tok, kshot: list[dict], embedder, out: 
                             calibrate=cfg.label_calibration)
     reward_fn = make_reward_fn(task, labeller, embedder, kshot, lenient=cfg.parse_mode == "lenient")
     labels = list(range(task.num_labels))
-    conditions = [condition(task, y) for y in labels]
+    conditions = [condition(task, y, cfg.task_text) for y in labels]
     log_path = Path(out) / "rl_log.jsonl"
     log_path.unlink(missing_ok=True)  # a new run: the old log belongs to an unfinished or different refinement
     if cfg.rl == "ppo":

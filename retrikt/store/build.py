@@ -25,7 +25,7 @@ from retrikt import models
 from retrikt.config import arg
 from retrikt.io import RetriktError, append_jsonl
 from retrikt.store.samples import (condition, embed_text, embed_texts, embedding_dim, example_key, parse,
-                                    target)
+                                    target, task_text)
 from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
 from retrikt.student.lm import LMClassifier
 from retrikt.tasks import get_task, load_split, sample_few_shot
@@ -55,6 +55,9 @@ class BuildConfig:
     batch_size: int = arg(8, help="generation batch size (left-padded, KV cache)")
     batch_timeout: float = arg(600.0, help="wall-clock seconds allowed per generation batch")
     dedup_threshold: float = arg(0.95, help="drop a sample whose embedding cosine to a kept one is above this")
+    task_text: str = arg("name", help="how the generator's condition and the soft prompt's init text name the "
+                                      "task: name (its id) | description (its one-line description)",
+                         choices=["name", "description"])
     label_demos: int = arg(4, help="k-shot demonstrations in the teacher's labelling prompt")
     label_calibration: str = arg("none", help="teacher labels: none | content-free (divide by the label "
                                               "probabilities of content-free inputs with the same demonstrations)",
@@ -79,7 +82,10 @@ SMOKE = {"teacher": "tiny-causal", "embedder": "tiny-encoder", "per_label": 8, "
 def prompt_key(cfg: BuildConfig) -> str:
     """What the tuned prompt depends on; a saved prompt with another key is not reused."""
     keys = ("task", "teacher", "shots", "seed", "prompt_tokens", "prompt_epochs", "prompt_lr", "prompt_batch_size")
-    return hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+    blob = {k: getattr(cfg, k) for k in keys}
+    if cfg.task_text != "name":  # prompts tuned before the option existed keep their key
+        blob["task_text"] = cfg.task_text
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def batch_plan(task, cfg: BuildConfig) -> list[tuple[int, int, int]]:
@@ -99,8 +105,9 @@ def tuned_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], out: 
         logger.info("reusing the tuned soft prompt in %s", folder)
         return SoftPromptGenerator.load(folder, model, tok)
     gen = SoftPromptGenerator(model, tok, n_virtual=cfg.prompt_tokens,
-                              init_text=f"Write a new example of the {task.name} task with the given label.")
-    pairs = [(condition(task, int(e["label"])), target(task, e)) for e in kshot]
+                              init_text=f"Write a new example of the {task_text(task, cfg.task_text)} task with "
+                                        "the given label.")
+    pairs = [(condition(task, int(e["label"]), cfg.task_text), target(task, e)) for e in kshot]
     lr = cfg.prompt_lr or 0.25 * gen.embedding_rms()
     logger.info("prompt tuning lr %.2g (token-embedding RMS %.3g)", lr, gen.embedding_rms())
     log = gen.train_supervised(pairs, SoftPromptConfig(lr=lr, epochs=cfg.prompt_epochs,
@@ -210,7 +217,8 @@ def generate_shard(cfg: BuildConfig, task, gen, filt: Filter, labeller: LMClassi
         logger.info("%s: %d of %d generation batches left", folder, len(todo), len(batches))
         for batch_id, label, n in tqdm(todo, desc=f"batches {folder.name}", leave=False, disable=None):
             tg = time.perf_counter()
-            samples = gen.generate([condition(task, label)], n_per_condition=n, max_new_tokens=cfg.max_new_tokens,
+            samples = gen.generate([condition(task, label, cfg.task_text)], n_per_condition=n,
+                                   max_new_tokens=cfg.max_new_tokens,
                                    temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
                                    seed=cfg.seed * 1_000_003 + batch_id, max_time=cfg.batch_timeout)
             gen_s = time.perf_counter() - tg

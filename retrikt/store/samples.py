@@ -21,8 +21,14 @@ def _one_line(s: str) -> str:
     return " ".join(str(s).split())
 
 
-def condition(task, label: int) -> str:
-    return f"task: {task.name}\nlabel: {task.label_names[label]}\n{task.text_fields[0]}:"
+def task_text(task, how: str = "name") -> str:
+    """How the generator's condition names the task: its id ("sst2", meaningless to a small LM, which then writes
+    about "sst2") or its one-line description ("SST-2: sentiment of a movie-review sentence.")."""
+    return task.description if how == "description" else task.name
+
+
+def condition(task, label: int, how: str = "name") -> str:
+    return f"task: {task_text(task, how)}\nlabel: {task.label_names[label]}\n{task.text_fields[0]}:"
 
 
 def serialise(task, example: dict) -> str:

@@ -76,3 +76,16 @@ def test_regression_task_is_refused(cfg):
     cfg.task = "stsb"
     with pytest.raises(Exception, match="regression"):
         B.build_store(cfg)
+
+
+def test_task_text_changes_the_prompt_key_and_leaves_older_keys_alone():
+    import dataclasses
+    import hashlib
+    import json
+
+    from retrikt.store.build import BuildConfig, prompt_key
+    cfg = BuildConfig(task="sst2")
+    keys = ("task", "teacher", "shots", "seed", "prompt_tokens", "prompt_epochs", "prompt_lr", "prompt_batch_size")
+    before = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+    assert prompt_key(cfg) == before      # a prompt tuned before the option existed is still reused
+    assert prompt_key(dataclasses.replace(cfg, task_text="description")) != before

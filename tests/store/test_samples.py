@@ -42,3 +42,13 @@ def test_near_duplicates_against_accepted_and_within_batch():
     drop = near_duplicates(new, accepted=a[:1], threshold=0.95)
     # row 0 duplicates an accepted row; row 2 duplicates row 1 (kept first); row 3 is new
     assert drop.tolist() == [True, False, True, False]
+
+
+def test_condition_can_name_the_task_by_its_description():
+    task = get_task("sst2")
+    assert condition(task, 1).startswith("task: sst2\nlabel: positive")
+    described = condition(task, 1, "description")
+    assert described.startswith(f"task: {task.description}\nlabel: positive") and "sst2" not in described
+    ex = {"sentence": "a fine film", "label": 1}
+    # the target, hence parsing, does not depend on how the task is named
+    assert described[described.rindex("\n") + 1:] + target(task, ex) == serialise(task, ex)
