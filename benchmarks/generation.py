@@ -87,7 +87,8 @@ def main(argv=None) -> None:
              "| batch | raw generate tok/s | soft-prompt generator tok/s | overhead | soft speed-up vs batch 1 |",
              "|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['batch_size']} | {r['raw_tok_s']:.1f} | {r['soft_tok_s']:.1f} | {r['overhead_pct']:+.1f}% | "
-              f"{r['speedup_vs_batch1']:.2f}x |" for r in results]
+              + (f"{r['speedup_vs_batch1']:.2f}x |" if r["speedup_vs_batch1"] is not None else "n/a |")
+              for r in results]
     lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.generation --model {cfg.model}`"]
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
 
