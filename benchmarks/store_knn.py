@@ -22,6 +22,7 @@ from retrikt.config import arg, parse_config
 from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store import Store
 from retrikt.store.samples import embed_text, embed_texts
+from retrikt.student.lm import calibration_applies
 from retrikt.student.retrieval import neighbour_vote
 from retrikt.tasks import compute_metrics, get_task, load_split, sample_few_shot
 
@@ -91,7 +92,7 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
            "majority": max(np.bincount(gold, minlength=n)) / len(gold),
            "teacher_soft": _scores(task, gold, q, keys, soft, cfg.ks, cfg.tau),
            "conditioned": _scores(task, gold, q, keys, _onehot([e["label"] for e in entries], n), cfg.ks, cfg.tau)}
-    if cfg.calibrate and task.kind != "multiple_choice":
+    if cfg.calibrate and calibration_applies(task):
         cal = calibrated(store, task, soft, cfg.data_dir)
         conditioned = np.asarray([e["label"] for e in entries])
         row["teacher_calibrated"] = _scores(task, gold, q, keys, cal, cfg.ks, cfg.tau)

@@ -114,6 +114,7 @@ def result_file(cfg: CompareConfig, tc) -> Path:
 
 
 def _done(cfg: CompareConfig, tc) -> bool:
+    from retrikt.student.lm import calibration_applies
     from retrikt.tasks import get_task
     path = result_file(cfg, tc)
     if not path.exists():
@@ -126,7 +127,7 @@ def _done(cfg: CompareConfig, tc) -> bool:
         logger.info("%s arithmetic seed %d merged %s, the grid now merges %s: redoing it",
                     tc.task, tc.seeds[0], recorded.get("adapters"), list(tc.adapters))
         return False
-    if (tc.method.startswith("teacher") and get_task(tc.task).kind != "multiple_choice"  # calibration: no-op there
+    if (tc.method.startswith("teacher") and calibration_applies(get_task(tc.task))
             and recorded.get("teacher_calibration", "none") != tc.teacher_calibration):
         logger.info("%s %s was scored with calibration %s, now %s: redoing it", tc.task, tc.method,
                     recorded.get("teacher_calibration", "none"), tc.teacher_calibration)

@@ -57,8 +57,7 @@ def refine_prompt(cfg, task, gen, model, tok, kshot: list[dict], embedder, out: 
     if (folder / "manifest.json").exists() and json.loads((folder / "manifest.json").read_text()).get("key") == key:
         logger.info("reusing the RL-refined soft prompt in %s", folder)
         return SoftPromptGenerator.load(folder, model, tok)
-    labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos],
-                            calibrate=cfg.label_calibration)
+    labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos], calibrate=cfg.label_calibration)
     reward_fn = make_reward_fn(task, labeller, embedder, kshot, lenient=cfg.parse_mode == "lenient")
     labels = list(range(task.num_labels))
     conditions = [condition(task, y, cfg.task_text) for y in labels]

@@ -24,6 +24,11 @@ CONTENT_FREE = ("N/A", "", "[MASK]")
 CALIBRATIONS = ("none", "content-free")
 
 
+def calibration_applies(task) -> bool:
+    """Multiple-choice tasks score each example's own choices: no fixed label to be biased towards."""
+    return task.kind != "multiple_choice"
+
+
 class LMClassifier(nn.Module):
     def __init__(self, model, tokenizer, task, demos: list[dict] | None = None, max_length: int = 1024,
                  length_norm: bool | None = None, calibrate: str = "none"):
@@ -127,7 +132,7 @@ class LMClassifier(nn.Module):
         """
         if self._prior is None:
             n = self.task.num_labels
-            if self.calibrate == "none" or self.task.kind == "multiple_choice":
+            if self.calibrate == "none" or not calibration_applies(self.task):
                 self._prior = np.full(n, 1.0 / n)
             else:
                 fillers = [dict({f: x for f in self.task.text_fields}, label=0) for x in CONTENT_FREE]
