@@ -3,6 +3,7 @@
     python -m retrikt.compare --tasks cb rte copa sst2 cola --methods finetune lora kd retrikt parametric \\
         arithmetic --seeds 1 2 3 --shots 32
     python -m retrikt.compare --smoke        # the whole grid on tiny random models, in minutes
+    python -m retrikt.compare --report-only  # the table and plots from the runs already there; runs nothing
 
 Resumable: a (method, task, seed) whose results file exists is not recomputed; stores are built (or resumed) once per
 task. Methods that are not available are listed as missing, never silently skipped.
@@ -30,7 +31,8 @@ PRESETS = {
     "smoke": {"student": "tiny-encoder", "lm_student": "tiny-causal", "teacher": "tiny-causal",
               "parametric_teacher": "tiny-causal",
               "embedder": "tiny-encoder", "shots": 8, "epochs": 2, "eval_limit": 24, "per_label": 8,
-              "seeds": [1], "out": "benchmarks/results/compare-smoke", "max_new_tokens": 24, "prompt_epochs": 2},
+              "seeds": [1], "out": "benchmarks/results/compare-smoke", "max_new_tokens": 24, "prompt_epochs": 2,
+              "lm_epochs": 1, "parametric_seeds": 4},
     "default": {},
     # make demo: the main job, small enough for a fresh 2-core CPU machine. Prompt tuning backpropagates through
     # the whole 0.5B teacher (minutes per step on 2 cores), hence one epoch; use the default preset for real runs.
@@ -62,11 +64,15 @@ class CompareConfig:
     max_new_tokens: int = arg(128, help="longest generated store sample")
     max_length: int = arg(256, help="encoder student max tokens per input")
     prompt_epochs: int = arg(20, help="soft-prompt tuning epochs when a store must be built")
-    epochs: int = arg(20, help="training epochs over the k-shot set")
+    epochs: int = arg(20, help="training epochs over the k-shot set (encoder students)")
+    lm_epochs: int = arg(3, help="training epochs of the causal-LM student (parametric; paper: 3, at lr 3e-4)")
+    parametric_seeds: int = arg(32, help="parametric: seed samples for the sensitivity (paper: 32)")
     eval_limit: int = arg(0, help="score only the first N validation examples (0 = all)")
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
     out: str = arg("benchmarks/results/compare", help="results folder (runs/, results.jsonl, table.md, *.png)")
     stores: str = arg("stores", help="folder holding one store per task (built when missing)")
+    report_only: bool = arg(False, help="run nothing: write the table and plots from the runs already in --out, "
+                                        "listing every (method, task) that lacks seeds")
 
 
 def train_config(cfg: CompareConfig, method: str, task: str, seed: int):
@@ -77,9 +83,12 @@ def train_config(cfg: CompareConfig, method: str, task: str, seed: int):
         extra["save_student"] = True
     if method == "arithmetic":
         extra.update(op="merge", adapters=[str(a) for a in source_adapters(cfg, task, seed)])
+    if lm:
+        extra["parametric_seeds"] = cfg.parametric_seeds
     return TrainConfig(task=task, method=method, student=cfg.lm_student if lm else cfg.student,
                        teacher=cfg.parametric_teacher if lm else cfg.teacher, shots=cfg.shots, seeds=[seed], data_dir=cfg.data_dir,
-                       out=str(Path(cfg.out) / "runs"), epochs=cfg.epochs, eval_limit=cfg.eval_limit,
+                       out=str(Path(cfg.out) / "runs"), epochs=cfg.lm_epochs if lm else cfg.epochs,
+                       eval_limit=cfg.eval_limit,
                        max_length=cfg.max_length,
                        store=str(store_path(cfg, task)) if method in STORE_METHODS else None, **extra)
 
@@ -192,6 +201,9 @@ def write_report(cfg: CompareConfig, missing: dict[str, str]) -> str:
     table = markdown_table(rows, cfg.tasks)
     if missing:
         table += "\n\nMissing:\n" + "\n".join(f"- {m}: {why.strip().splitlines()[-1]}" for m, why in missing.items())
+    absent = not_run(cfg, results, skip=missing)
+    if absent:
+        table += "\n\nNot run (no results in the runs folder):\n" + "\n".join(f"- {a}" for a in absent)
     meta = run_metadata(cfg, seeds=cfg.seeds)
     atomic_write_text(out / "table.md", f"# retrikt compare ({cfg.preset})\n\n{table}\n\n"
                       f"Main metric per task, mean ± std over seeds {cfg.seeds}, {cfg.shots}-shot.\n"
@@ -202,13 +214,28 @@ def write_report(cfg: CompareConfig, missing: dict[str, str]) -> str:
     return table
 
 
+def not_run(cfg: CompareConfig, results: list[dict], skip: dict[str, str]) -> list[str]:
+    """Every asked-for (method, task) with seeds that have no results, so a partial grid never reads as complete."""
+    have = {(r["method"], r["task"], r["seed"]) for r in results}
+    lines = []
+    for method in cfg.methods:
+        for task in cfg.tasks:
+            if method in skip or f"{method} on {task}" in skip:
+                continue  # already listed, with its reason
+            seeds = [s for s in (cfg.seeds[:1] if method in DETERMINISTIC else cfg.seeds)
+                     if (method, task, s) not in have]
+            if seeds:
+                lines.append(f"{method} on {task}: seeds {' '.join(map(str, seeds))}")
+    return lines
+
+
 def regenerate_command(cfg: CompareConfig) -> str:
     """The command line that reproduces ``cfg``: the preset plus every option that differs from it."""
     base = dataclasses.replace(CompareConfig(), **PRESETS[cfg.preset])
     parts = ["python -m retrikt.compare", f"--preset {cfg.preset}"]
     for f in dataclasses.fields(CompareConfig):
         value = getattr(cfg, f.name)
-        if f.name != "preset" and value != getattr(base, f.name):
+        if f.name not in ("preset", "report_only") and value != getattr(base, f.name):
             shown = " ".join(map(str, value)) if isinstance(value, list) else value
             parts.append(f"--{f.name.replace('_', '-')} {shown}")
     return " ".join(parts)
@@ -224,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         preset = PRESETS[cfg.preset]
         explicit = {a.lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in preset.items() if k not in explicit})
-        missing = run_grid(cfg)
+        missing = {} if cfg.report_only else run_grid(cfg)
         table = write_report(cfg, missing)
     except RetriktError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -92,6 +92,11 @@ def test_parametric_extracts_from_the_larger_teacher_not_the_store_teacher():
     cfg = compare.CompareConfig()
     tc = compare.train_config(cfg, "parametric", "cb", 1)
     assert (tc.teacher, tc.student) == ("qwen-1.5b", "qwen-0.5b")
+    # the paper's recipe for the LM student (3 epochs, lr 3e-4 by default), not the encoders' 20 epochs
+    assert (tc.epochs, tc.lr, tc.parametric_seeds) == (3, None, 32)
+    assert compare.train_config(cfg, "lora", "cb", 1).epochs == 20
+    from retrikt.student.methods import fit_config
+    assert fit_config(tc).lr == 3e-4
     assert compare.train_config(cfg, "kd", "cb", 1).teacher == "qwen-0.5b"
 
 
@@ -136,3 +141,19 @@ def test_teacher_scored_before_calibration_is_rescored(tmp_path, monkeypatch):
     monkeypatch.setattr(retrikt.train, "run_one", spy)
     assert compare.main(args) == 0
     assert seen == ["teacher"]
+
+
+def test_report_only_runs_nothing_and_lists_the_seeds_without_results(tmp_path, monkeypatch):
+    assert compare.main(_args(tmp_path)) == 0        # teacher + finetune seeds 1 2
+
+    def must_not_run(*a, **k):
+        raise AssertionError("--report-only ran a job")
+
+    monkeypatch.setattr(retrikt.train, "run_one", must_not_run)
+    args = _args(tmp_path, "--report-only")
+    args[args.index("--seeds") + 1:args.index("--seeds") + 3] = ["1", "2", "3"]
+    assert compare.main(args) == 0
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "- finetune on cb: seeds 3" in table
+    assert "teacher on cb" not in table               # deterministic: its one run covers every seed
+    assert "--report-only" not in table               # the regenerate command reruns the grid
