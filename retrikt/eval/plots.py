@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from retrikt.eval.results import task_average
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -29,8 +31,11 @@ def plot_compare(rows: list[dict], tasks: list[str], out: str | Path) -> list[Pa
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    partial = [lab.replace("\n", " / ") for r, lab in zip(rows, labels) if task_average(r, tasks) is None]
     for r, lab in zip(rows, labels):
-        avg = 100 * r["average"]
+        if task_average(r, tasks) is None:
+            continue  # an average over fewer tasks would not be comparable
+        avg = 100 * task_average(r, tasks)
         axes[0].scatter(r["num_parameters"] or np.nan, avg)
         axes[0].annotate(lab.replace("\n", " / "), (r["num_parameters"] or 0, avg), fontsize=7)
         axes[1].scatter(r["examples_per_s"] or np.nan, avg)
@@ -40,6 +45,8 @@ def plot_compare(rows: list[dict], tasks: list[str], out: str | Path) -> list[Pa
         a.xaxis.set_minor_formatter(plt.NullFormatter())  # minor log labels collide over one decade
         a.set_xlabel(xl)
         a.set_ylabel("average main metric (x100)")
+    if partial:
+        fig.suptitle("not shown (some tasks missing): " + ", ".join(partial), fontsize=8)
     fig.tight_layout()
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)

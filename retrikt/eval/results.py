@@ -63,13 +63,27 @@ def summarise(results: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: -r["average"])
 
 
+def task_average(row: dict, tasks: list[str]) -> float | None:
+    """Mean over ``tasks`` of the per-task means, or None if the row lacks one of them: an average over fewer tasks
+    is not comparable with the other rows'."""
+    if not all(row["per_task"].get(t) for t in tasks):
+        return None
+    return statistics.fmean(statistics.fmean(row["per_task"][t]) for t in tasks)
+
+
 def markdown_table(rows: list[dict], tasks: list[str]) -> str:
+    """Rows with every task first, by average; rows missing a task after them, their average left blank."""
     head = "| method | student | " + " | ".join(tasks) + " | avg | params | ex/s |"
     sep = "|" + "---|" * (len(tasks) + 5)
     lines = [head, sep]
-    for r in rows:
+    avgs = [task_average(r, tasks) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (avgs[i] is None, -(avgs[i] or 0.0)))
+    for i in order:
+        r = rows[i]
         cells = [fmt_mean_std(r["per_task"].get(t, [])) for t in tasks]
+        have = sum(bool(r["per_task"].get(t)) for t in tasks)
+        avg = f"{avgs[i] * 100:.1f}" if avgs[i] is not None else f"– ({have}/{len(tasks)} tasks)"
         params = f"{r['num_parameters'] / 1e6:.1f}M" if r.get("num_parameters") else "–"
         lines.append(f"| {r['method']} | {r['student']} | " + " | ".join(cells)
-                     + f" | {r['average'] * 100:.1f} | {params} | {r['examples_per_s']:.1f} |")
+                     + f" | {avg} | {params} | {r['examples_per_s']:.1f} |")
     return "\n".join(lines)

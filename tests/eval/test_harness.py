@@ -42,3 +42,13 @@ def test_summary_mean_std_over_seeds():
     assert rows[0]["average"] == pytest.approx(0.6)
     table = markdown_table(rows, ["cb"])
     assert "60.0 ± 10.0" in table
+
+
+def test_a_row_missing_a_task_gets_no_average_and_goes_last():
+    rs = [{"task": t, "method": "full", "student": "m", "seed": 1, "main": v, "num_parameters": 10,
+           "examples_per_s": 2.0} for t, v in [("cb", 0.5), ("rte", 0.6)]]
+    rs.append({"task": "cb", "method": "partial", "student": "m", "seed": 1, "main": 0.9, "num_parameters": 10,
+               "examples_per_s": 2.0})
+    lines = markdown_table(summarise(rs), ["cb", "rte"]).splitlines()
+    assert lines[2].startswith("| full |") and "| 55.0 |" in lines[2]
+    assert lines[3].startswith("| partial |") and "| – (1/2 tasks) |" in lines[3] and "90.0" in lines[3]
