@@ -80,10 +80,11 @@ def eval_examples(task, cfg: PortRunConfig) -> list[dict]:
     return sorted(examples, key=lambda e: sum(len(t or "") for t in task.text_pair(e)))
 
 
-def fit_config(cfg: PortRunConfig, peft_type: str, epochs: int):
+def fit_config(cfg: PortRunConfig, peft_type: str, epochs: int, causal: bool = False):
     from retrikt.student.trainer import FitConfig
+    # causal hosts: gradients accumulated over micro-batches of 2, as retrikt.train does (bounded activations)
     return FitConfig(epochs=epochs, lr=cfg.lr or DEFAULT_LR.get(peft_type, 5e-4), head_lr=cfg.head_lr,
-                     batch_size=cfg.batch_size)
+                     batch_size=cfg.batch_size, micro_batch_size=2 if causal else 0)
 
 
 def score_student(student, task, examples: list[dict]) -> dict:
@@ -95,6 +96,7 @@ def score_student(student, task, examples: list[dict]) -> dict:
 def train_source(cfg: PortRunConfig, task, train: list[dict], folder: Path) -> Path:
     """Train a ``cfg.peft_type`` module (+ head) on ``cfg.from_host`` with k-shot data; save it into ``folder``."""
     from retrikt.init.port import PEFT_TYPES, new_student, save_module
+    from retrikt.student.lm import LMClassifier
     from retrikt.student.methods import resolve_device
     from retrikt.student.trainer import fit
     from retrikt.tasks import sample_few_shot
@@ -103,8 +105,9 @@ def train_source(cfg: PortRunConfig, task, train: list[dict], folder: Path) -> P
     shots = sample_few_shot(train, n=cfg.shots, seed=cfg.source_seed, task=task)
     student = new_student(host_path(cfg.from_host, cfg), task, cfg.peft_type, cfg.source_seed, cfg.max_length,
                           device=resolve_device(cfg.device))
-    losses = fit(student, shots, fit_config(cfg, PEFT_TYPES[cfg.peft_type], cfg.source_epochs), cfg.source_seed,
-                 desc=f"source {cfg.peft_type}")
+    causal = isinstance(student, LMClassifier)
+    losses = fit(student, shots, fit_config(cfg, PEFT_TYPES[cfg.peft_type], cfg.source_epochs, causal),
+                 cfg.source_seed, desc=f"source {cfg.peft_type}")
     return save_module(student, folder, init_seed=cfg.source_seed, task=task.name,
                        extra={"host": cfg.from_host, "shots": cfg.shots, "epochs": cfg.source_epochs,
                               "final_loss": losses[-1] if losses else None})
@@ -125,7 +128,8 @@ def run_cell(cfg: PortRunConfig, task, module: str, to_host: str, condition: str
            "zero_shot": dict(zero_shot, reused=True) if zero_shot else score_student(student, task, evals)}
     if cfg.finetune_epochs:
         shots = sample_few_shot(train, n=cfg.shots, seed=seed, task=task)
-        losses = fit(student, shots, fit_config(cfg, load_module(module).peft_type, cfg.finetune_epochs), seed,
+        mod = load_module(module)
+        losses = fit(student, shots, fit_config(cfg, mod.peft_type, cfg.finetune_epochs, mod.causal), seed,
                      desc=f"{condition} s{seed}")
         row["finetuned"] = score_student(student, task, evals)
         row["finetune_loss_last"] = losses[-1] if losses else None

@@ -333,15 +333,25 @@ def _student(peft_model: Any, tokenizer, task, max_length: int, head: dict | Non
 
 def new_student(host: str | nn.Module, task, peft_type: str, seed: int, max_length: int = 128,
                 tokenizer=None, device: Any = None, **peft_kw: Any) -> nn.Module:
-    """A fresh module of ``peft_type`` on ``host`` inside a student (to train a source module)."""
+    """A fresh module of ``peft_type`` on ``host`` inside a student (to train a source module): a head-less
+    verbaliser student on a causal LM, an encoder + head otherwise."""
     from retrikt import models
     from retrikt.init.hosts import resolve_host
     if isinstance(host, (str, os.PathLike)):
-        host, tokenizer = models.load_encoder(resolve_host(str(host)), device=device)
-    peft_model = seeded_peft_model(host, peft_config_for(peft_type, **peft_kw), seed)
+        path = resolve_host(str(host))
+        causal = models.model_kind(path) == "causal-lm"
+        host, tokenizer = (models.load_causal_lm if causal else models.load_encoder)(path, device=device)
+    else:
+        causal = _is_causal_module(host)
+    peft_model = seeded_peft_model(host, peft_config_for(peft_type, causal=causal, **peft_kw), seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _student(peft_model, tokenizer, task, max_length, None, causal=False)
+        return _student(peft_model, tokenizer, task, max_length, None, causal=causal)
+
+
+def _is_causal_module(model: nn.Module) -> bool:
+    return any("CausalLM" in a or "LMHeadModel" in a for a in getattr(model.config, "architectures", None) or []) \
+        or type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
 
 def port_student(adapter_dir: str | os.PathLike, to_host: str | nn.Module, task, condition: str = "ported",

@@ -214,3 +214,26 @@ def test_cli_smoke_end_to_end(tmp_path, tok):
     assert (tmp_path / "module" / "head.safetensors").exists()
     assert main(["--from-host", host_a, "--to-host", host_b, "--adapter", str(tmp_path / "none"),
                  "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 1
+
+
+def test_cli_trains_a_causal_lora_and_ports_it_onto_a_smaller_host(tmp_path, tok):
+    """Beyond the paper: a LoRA trained on a larger causal LM, block-aligned onto a smaller one, three conditions."""
+    from retrikt.port import main
+    _write_sst2(tmp_path / "data")
+    hosts_ = {}
+    for name, (hidden, layers) in {"big": (64, 4), "small": (32, 2)}.items():
+        tiny_qwen(tok, hidden=hidden, layers=layers, heads=4, kv_heads=2).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        hosts_[name] = str(tmp_path / name)
+    out = tmp_path / "out"
+    rc = main(["--from-host", hosts_["big"], "--to-host", hosts_["small"], "--adapter", str(tmp_path / "module"),
+               "--peft-type", "lora", "--align", "blocks", "--task", "sst2", "--seeds", "1", "--finetune-epochs",
+               "1", "--shots", "4", "--source-epochs", "1", "--eval-limit", "6", "--data-dir", str(tmp_path / "data"),
+               "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    module = load_module(tmp_path / "module")
+    assert module.causal and module.peft_type == "LORA" and not (tmp_path / "module" / "head.safetensors").exists()
+    result = json.loads((out / "port_results.json").read_text())
+    assert [r["condition"] for r in result["rows"]] == ["ported", "scratch", "sampled"]
+    ported = result["rows"][0]
+    assert len(ported["port"]["alignment"]["layers"]) == 2 and "finetuned" in ported
