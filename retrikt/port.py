@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from retrikt.config import arg, parse_config
-from retrikt.io import RetriktError, atomic_write_json, run_metadata
+from retrikt.io import RetriktError, atomic_write_json, atomic_write_text, run_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,23 @@ def run_port(cfg: PortRunConfig) -> dict:
     return result
 
 
+def markdown(result: dict, cfg: PortRunConfig) -> str:
+    """One row per condition: zero-shot and fine-tuned main metric (x100, mean ± std over seeds), the source
+    module on its own host as the baseline of the same run."""
+    def pm(cond: str, phase: str) -> str:
+        s = result["summary"].get(cond, {}).get(phase)
+        return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}" if s else "–"
+    n = result["source_on_from_host"]["n"]
+    lines = [f"# `{cfg.from_host}` → `{cfg.to_host}`: {result['task']}, {n} validation examples, seeds "
+             f"{' '.join(map(str, cfg.seeds))}", "",
+             f"Source module on `{cfg.from_host}`: {100 * result['source_on_from_host']['main']:.1f}. "
+             f"{cfg.shots}-shot, {cfg.finetune_epochs} epoch(s) of fine-tuning on `{cfg.to_host}`, align "
+             f"`{cfg.align}`. Commit `{result.get('git_commit', '?')}`.", "",
+             "| condition | zero-shot | fine-tuned |", "|---|---:|---:|"]
+    lines += [f"| {c} | {pm(c, 'zero_shot')} | {pm(c, 'finetuned')} |" for c in result["summary"]]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -190,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(run_metadata(cfg, seeds=cfg.seeds))
         path = Path(cfg.out) / "port_results.json"
         atomic_write_json(path, result)
+        atomic_write_text(path.with_suffix(".md"), markdown(result, cfg))
     except RetriktError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -237,3 +237,5 @@ def test_cli_trains_a_causal_lora_and_ports_it_onto_a_smaller_host(tmp_path, tok
     assert [r["condition"] for r in result["rows"]] == ["ported", "scratch", "sampled"]
     ported = result["rows"][0]
     assert len(ported["port"]["alignment"]["layers"]) == 2 and "finetuned" in ported
+    table = (out / "port_results.md").read_text()
+    assert "| ported |" in table and "| sampled |" in table and "align `blocks`" in table
