@@ -22,6 +22,8 @@ from benchmarks.common import RESULTS
 class SummariseBench:
     runs: list[str] = arg([], help="results folders written by retrikt.train (--out)")
     labels: list[str] = arg([], help="one label per folder, prefixed to its rows' method (default: none)")
+    tasks: list[str] = arg([], help="keep only these tasks (default: all found)")
+    methods: list[str] = arg([], help="keep only these methods, before labelling (default: all found)")
     name: str = arg("summary", help="results file stem")
     title: str = arg("Results", help="table heading")
     regen: str = arg("", help="the commands that produced the runs, quoted in the table's footer")
@@ -33,12 +35,22 @@ def collect(cfg: SummariseBench) -> list[dict]:
     results = []
     for i, folder in enumerate(cfg.runs):
         for r in load_results(folder):
+            if (cfg.tasks and r["task"] not in cfg.tasks) or (cfg.methods and r["method"] not in cfg.methods):
+                continue
             if cfg.labels:
                 r = {**r, "method": f"{cfg.labels[i]} {r['method']}"}
             results.append({k: v for k, v in r.items() if k != "predictions"})
     if not results:
         sys.exit(f"no results in {cfg.runs}")
     return results
+
+
+def table_command(cfg: SummariseBench) -> str:
+    parts = ["python -m benchmarks.summarise --runs", *cfg.runs]
+    for flag, values in (("--labels", cfg.labels), ("--tasks", cfg.tasks), ("--methods", cfg.methods)):
+        if values:
+            parts += [flag, *values]
+    return " ".join(parts + ["--name", cfg.name])
 
 
 def main(argv=None) -> None:
@@ -53,7 +65,7 @@ def main(argv=None) -> None:
           f"{meta['seeds']}; ex/s on the shared 2-core CPU. Runs from commits "
           + ", ".join(f"`{c[:12]}`" for c in commits) + ".\n"
           + (f"Runs: `{cfg.regen}`. " if cfg.regen else "")
-          + f"Table: `python -m benchmarks.summarise --runs {' '.join(cfg.runs)} --name {cfg.name}`\n")
+          + f"Table: `{table_command(cfg)}`\n")
     atomic_write_text(RESULTS / f"{cfg.name}.md", md)
     print(md)
 
