@@ -69,6 +69,9 @@ class BuildConfig:
                   choices=["none", "ppo", "grpo", "rloo"])
     rl_steps: int = arg(20, help="RL steps (rollout batches)")
     rl_batch: int = arg(16, help="samples per PPO rollout batch")
+    rl_kl_coef: float = arg(0.05, help="PPO: initial coefficient of the per-token KL penalty to the supervised "
+                                       "prompt (TRL 0.05). The adaptive controller's horizon is 10k samples, so in a "
+                                       "run of a few hundred samples this value is, in effect, fixed")
     device: str = arg("auto", help="auto | cpu | cuda (under accelerate launch: each rank's own GPU)")
     dist_timeout: float = arg(14400.0, help="seconds a rank may wait at a barrier under accelerate launch (rank 0 "
                                             "tunes / RL-refines the prompt and merges the shards meanwhile)")
