@@ -29,8 +29,10 @@ def _key(cfg) -> str:
     blob = {"prompt": prompt_key(cfg), "rl": cfg.rl, "steps": cfg.rl_steps, "tokens": cfg.max_new_tokens}
     if cfg.label_calibration != "none":  # the reward's labeller changed; keys of uncalibrated runs stay as they were
         blob["label_calibration"] = cfg.label_calibration
-    if cfg.rl == "ppo" and cfg.rl_kl_coef != 0.05:  # likewise: only a non-default coefficient changes the key
+    if cfg.rl == "ppo" and cfg.rl_kl_coef != 0.05:  # likewise: only non-default values change the key
         blob["kl_coef"] = cfg.rl_kl_coef
+    if cfg.rl == "ppo" and cfg.rl_lr != 1e-3:
+        blob["lr"] = cfg.rl_lr
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -69,7 +71,7 @@ def refine_prompt(cfg, task, gen, model, tok, kshot: list[dict], embedder, out: 
         from retrikt.rl.ppo import PPOConfig, plot_log, ppo_train
         ppo_train(gen, reward_fn, conditions, PPOConfig(steps=cfg.rl_steps, max_new_tokens=cfg.max_new_tokens,
                                                         rollout_batch=cfg.rl_batch, n_minibatches=min(4, cfg.rl_batch),
-                                                        init_kl_coef=cfg.rl_kl_coef, seed=cfg.seed),
+                                                        init_kl_coef=cfg.rl_kl_coef, lr=cfg.rl_lr, seed=cfg.seed),
                   log_path=log_path, labels=labels)
         plot_log(log_path, Path(out) / "rl_log.png")
     elif cfg.rl in ("grpo", "rloo"):

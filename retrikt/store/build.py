@@ -69,6 +69,8 @@ class BuildConfig:
                   choices=["none", "ppo", "grpo", "rloo"])
     rl_steps: int = arg(20, help="RL steps (rollout batches)")
     rl_batch: int = arg(16, help="samples per PPO rollout batch")
+    rl_lr: float = arg(1e-3, help="PPO: AdamW lr of the soft prompt. Adam moves each element by about lr per update "
+                                  "whatever the reward's scale, so this, not --rl-kl-coef, bounds the prompt's drift")
     rl_kl_coef: float = arg(0.05, help="PPO: initial coefficient of the per-token KL penalty to the supervised "
                                        "prompt (TRL 0.05). The adaptive controller's horizon is 10k samples, so in a "
                                        "run of a few hundred samples this value is, in effect, fixed")

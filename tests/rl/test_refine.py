@@ -53,14 +53,15 @@ def test_reward_fn_scores_quality_of_the_conditioned_label_and_zero_for_garbage(
     np.testing.assert_allclose(rewards, [0.7 + 0.5, 0.2 + 0.5, 0.0])
 
 
-def test_the_kl_coefficient_reaches_ppo_and_changes_the_reuse_key(tmp_path, monkeypatch):
+def test_kl_coefficient_and_lr_reach_ppo_and_change_the_reuse_key(tmp_path, monkeypatch):
     import dataclasses
     cfg = BuildConfig(**{**SMOKE, "task": "cb", "out": str(tmp_path / "store"), "rl": "ppo"})
     assert refine._key(dataclasses.replace(cfg, rl_kl_coef=0.05)) == refine._key(cfg)  # old stores keep their key
     assert refine._key(dataclasses.replace(cfg, rl_kl_coef=0.2)) != refine._key(cfg)
+    assert refine._key(dataclasses.replace(cfg, rl_lr=1e-4)) != refine._key(cfg)
     seen = {}
     monkeypatch.setattr("retrikt.rl.ppo.ppo_train", lambda gen, fn, conds, ppo_cfg, **kw: seen.update(
-        kl=ppo_cfg.init_kl_coef))
+        kl=ppo_cfg.init_kl_coef, lr=ppo_cfg.lr))
     monkeypatch.setattr("retrikt.rl.ppo.plot_log", lambda *a, **k: None)
-    build_store(dataclasses.replace(cfg, rl_kl_coef=0.2, rl_steps=1, per_label=1, batch_size=2))
-    assert seen == {"kl": 0.2}
+    build_store(dataclasses.replace(cfg, rl_kl_coef=0.2, rl_lr=1e-4, rl_steps=1, per_label=1, batch_size=2))
+    assert seen == {"kl": 0.2, "lr": 1e-4}
