@@ -1,6 +1,6 @@
 """One Markdown table from ``retrikt.train`` results folders (runs made outside ``retrikt.compare``).
 
-    python -m benchmarks.summarise --runs benchmarks/results/parametric/runs --name parametric_cb \\
+    python -m benchmarks.summarise --runs benchmarks/results/parametric/runs --name parametric \\
         --title "Parametric transfer vs LoRA, qwen-1.5b -> qwen-0.5b" --regen "python -m retrikt.train ..."
 
 Rows are (method, student) with mean ± std over the seeds found; each row's label may be prefixed per folder with
