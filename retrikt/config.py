@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from retrikt.io import RetriktError
+from retrikt.io import RetriktError, git_commit
 
 T = TypeVar("T")
 
@@ -133,4 +133,6 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
     if ns.pop("smoke", False) and smoke:
         data.update(smoke)
     data.update(ns)
-    return from_dict(cls, data, str(config_path) if config_path else "command line")
+    cfg = from_dict(cls, data, str(config_path) if config_path else "command line")
+    git_commit()  # a run starts here: fix the commit its results will record
+    return cfg

@@ -6,6 +6,7 @@ killed process leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -179,8 +180,11 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
             lock.unlink()
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The commit of the retrikt checkout (with '-dirty' if it has uncommitted changes), or None."""
+    """The commit of the retrikt checkout (with '-dirty' if it has uncommitted changes), or None. Read once per
+    process (entry points read it when they parse their config): the code a run executes is the code it started
+    with, even if the checkout moves on before the run writes its results."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,

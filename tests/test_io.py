@@ -78,6 +78,29 @@ def test_run_metadata_carries_config_seeds_versions():
     assert "git_commit" in meta
 
 
+def test_the_commit_is_read_when_a_run_parses_its_config_not_when_it_saves(monkeypatch):
+    import subprocess
+    from dataclasses import dataclass
+
+    from retrikt import io
+    from retrikt.config import parse_config
+
+    @dataclass
+    class C:
+        a: int = 3
+
+    io.git_commit.cache_clear()
+    calls = []
+    real = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    parse_config(C, [])
+    assert calls and calls[0][:2] == ["git", "rev-parse"]
+    n = len(calls)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("the commit was read again at save time"))
+    first = io.git_commit()
+    assert io.run_metadata(C())["git_commit"] == first and len(calls) == n
+
+
 def test_an_edited_manifest_is_refused_and_one_without_its_hash_is_legacy(tmp_path):
     import json
 
