@@ -10,8 +10,10 @@ text), and the label balance. Writes benchmarks/results/<name>.{json,md}.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,13 +43,30 @@ def mean_pairwise_cosine(emb: np.ndarray) -> float:
     return float((s.sum() - np.trace(s)) / (len(emb) * (len(emb) - 1)))
 
 
+def rl_label(config: dict) -> str:
+    """The RL method plus the PPO settings that differ from the defaults (so variants of one store tell apart)."""
+    rl = config.get("rl", "none")
+    if rl == "ppo":
+        extra = [f"{name} {config[key]:g}" for key, name, default in
+                 (("rl_kl_coef", "kl-coef", 0.05), ("rl_lr", "lr", 1e-3)) if config.get(key, default) != default]
+        rl += f" ({', '.join(extra)})" if extra else ""
+    return rl
+
+
+def final_kl(path: str) -> float | None:
+    log = Path(path) / "rl_log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    return rows[-1].get("kl") if rows else None
+
+
 def describe(path: str) -> dict:
     store = Store.open(path)
     entries = store.entries(range(len(store)))
     texts = [" ".join(e["fields"].values()).lower() for e in entries]
     stats = store.manifest.get("stats", {})
     labels = Counter(int(e["label"]) for e in entries)
-    return {"store": path, "rl": store.manifest.get("config", {}).get("rl", "none"), "entries": len(store),
+    return {"store": path, "rl": rl_label(store.manifest.get("config", {})), "final_kl": final_kl(path),
+            "entries": len(store),
             "parse_rate": stats.get("parse_rate"), "keep_rate": stats.get("keep_rate"),
             "agreement": stats.get("agreement"), "mean_pairwise_cosine": mean_pairwise_cosine(store.embeddings),
             "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
@@ -62,9 +81,9 @@ def main(argv=None) -> None:
     atomic_write_json(RESULTS / f"{cfg.name}.json", out)
     f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     lines = ["# Knowledge-store quality", "",
-             "| store | RL | entries | parse rate | keep rate | teacher agreement | mean pairwise cos | distinct-1 | "
-             "distinct-2 | labels |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['store']} | {r['rl']} | {r['entries']} | {f(r['parse_rate'])} | {f(r['keep_rate'])} | "
+             "| store | RL | final KL | entries | parse rate | keep rate | teacher agreement | mean pairwise cos | "
+             "distinct-1 | distinct-2 | labels |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['store']} | {r['rl']} | {f(r['final_kl'])} | {r['entries']} | {f(r['parse_rate'])} | {f(r['keep_rate'])} | "
               f"{f(r['agreement'])} | {f(r['mean_pairwise_cosine'])} | {f(r['distinct_1'])} | {f(r['distinct_2'])} | "
               f"{r['labels']} |" for r in rows]
     lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.store_quality --stores "
