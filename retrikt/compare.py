@@ -67,6 +67,8 @@ class CompareConfig:
     epochs: int = arg(20, help="training epochs over the k-shot set (encoder students)")
     lm_epochs: int = arg(3, help="training epochs of the causal-LM student (parametric; paper: 3, at lr 3e-4)")
     parametric_seeds: int = arg(32, help="parametric: seed samples for the sensitivity (paper: 32)")
+    lm_max_length: int = arg(256, help="causal-LM student max tokens per input (parametric); kept apart from "
+                                       "--max-length so shortening the encoders' inputs does not cut the LM's")
     eval_limit: int = arg(0, help="score only the first N validation examples (0 = all)")
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
     out: str = arg("benchmarks/results/compare", help="results folder (runs/, results.jsonl, table.md, *.png)")
@@ -89,7 +91,7 @@ def train_config(cfg: CompareConfig, method: str, task: str, seed: int):
                        teacher=cfg.parametric_teacher if lm else cfg.teacher, shots=cfg.shots, seeds=[seed], data_dir=cfg.data_dir,
                        out=str(Path(cfg.out) / "runs"), epochs=cfg.lm_epochs if lm else cfg.epochs,
                        eval_limit=cfg.eval_limit,
-                       max_length=cfg.max_length,
+                       max_length=cfg.lm_max_length if lm else cfg.max_length,
                        store=str(store_path(cfg, task)) if method in STORE_METHODS else None, **extra)
 
 

@@ -100,6 +100,14 @@ def test_parametric_extracts_from_the_larger_teacher_not_the_store_teacher():
     assert compare.train_config(cfg, "kd", "cb", 1).teacher == "qwen-0.5b"
 
 
+def test_shortening_the_encoder_inputs_leaves_the_lm_students_inputs_alone():
+    cfg = compare.CompareConfig(max_length=128)
+    assert compare.train_config(cfg, "parametric", "rte", 1).max_length == 256
+    assert compare.train_config(cfg, "kd", "rte", 1).max_length == 128
+    cfg = compare.CompareConfig(max_length=128, lm_max_length=64)
+    assert compare.train_config(cfg, "parametric", "rte", 1).max_length == 64
+
+
 def test_arithmetic_is_redone_when_the_grid_adds_a_task(tmp_path, monkeypatch):
     """Arithmetic merges the other tasks' modules, so a grid that grows changes its init: the old result is stale."""
     args = _args(tmp_path)
