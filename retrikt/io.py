@@ -182,15 +182,23 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
 
 @functools.cache
 def git_commit() -> str | None:
-    """The commit of the retrikt checkout (with '-dirty' if it has uncommitted changes), or None. Read once per
-    process (entry points read it when they parse their config): the code a run executes is the code it started
+    """The commit of the retrikt checkout (with '-dirty' if its code has uncommitted changes), or None. Read once
+    per process (entry points read it when they parse their config): the code a run executes is the code it started
     with, even if the checkout moves on before the run writes its results."""
-    root = Path(__file__).resolve().parent.parent
+    return commit_of(Path(__file__).resolve().parent.parent)
+
+
+# Results and prose change while runs go on (tables are rewritten after each run); they are not the code a run
+# executes, and counting them marked most results '-dirty' whatever the code's state.
+NOT_CODE = (":(exclude)benchmarks/results", ":(exclude)*.md", ":(exclude)*.png")
+
+
+def commit_of(root: Path) -> str | None:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

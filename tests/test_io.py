@@ -114,3 +114,35 @@ def test_an_edited_manifest_is_refused_and_one_without_its_hash_is_legacy(tmp_pa
         read_manifest(tmp_path)
     (tmp_path / MANIFEST_HASH).unlink()   # written before manifests carried their own hash
     assert read_manifest(tmp_path)["teacher"] == "qwen-1.5b"
+
+
+def test_edited_results_and_docs_do_not_mark_the_commit_dirty_but_edited_code_does(tmp_path):
+    import subprocess
+
+    from retrikt.io import commit_of
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "retrikt").mkdir()
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    files = {"retrikt/a.py": "x = 1\n", "benchmarks/results/t.json": "{}\n", "README.md": "r\n",
+             "benchmarks/results/p.png": "p", "train/c.yaml": "a: 1\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    head = commit_of(tmp_path)
+    assert len(head) == 40
+    for name in ("benchmarks/results/t.json", "README.md", "benchmarks/results/p.png"):
+        (tmp_path / name).write_text("changed\n")
+    (tmp_path / "untracked.py").write_text("y = 2\n")
+    assert commit_of(tmp_path) == head
+    (tmp_path / "train/c.yaml").write_text("a: 2\n")
+    assert commit_of(tmp_path) == head + "-dirty"
+    git("checkout", "--", "train/c.yaml")
+    (tmp_path / "retrikt/a.py").write_text("x = 2\n")
+    assert commit_of(tmp_path) == head + "-dirty"
