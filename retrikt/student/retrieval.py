@@ -148,7 +148,9 @@ def relational_targets(store, texts_emb: np.ndarray, k: int, exclude: list[int |
         keep = [(s, i) for s, i in zip(row_s, row_i) if i != self_id and i >= 0][:k]
         out_ids.append([i for _, i in keep])
         out_sims.append([s for s, _ in keep])
-    return np.array(out_ids), np.array(out_sims, dtype=np.float32)
+    # int64 and (n, k) even when k == 0 (a one-entry store): an empty float array cannot index the embeddings
+    return (np.array(out_ids, dtype=np.int64).reshape(len(out_ids), k),
+            np.array(out_sims, dtype=np.float32).reshape(len(out_sims), k))
 
 
 class MemoryStore:
@@ -207,7 +209,7 @@ def _retrieval_loss(model: RetrievalStudent, batch: list[dict], cfg: FitConfig, 
     emb = model.base.embed(tok)
     logits = model.base.head(model.base.dropout(emb))
     loss = example_loss(logits, batch, model.task, cfg)
-    if rel_weight <= 0:
+    if rel_weight <= 0 or len(batch[0]["nbr_ids"]) == 0:  # no neighbours to match (a one-entry store)
         return loss
     q = F.normalize(model.proj(emb), dim=-1)
     keys = torch.as_tensor(model.store.embeddings[np.stack([e["nbr_ids"] for e in batch])], device=q.device)

@@ -78,6 +78,19 @@ def test_relational_targets_exclude_the_entry_itself():
     np.testing.assert_allclose(sims[0], store.embeddings[0] @ store.embeddings[ids[0]].T, rtol=1e-5)
 
 
+def test_a_one_entry_store_has_no_neighbours_and_trains_without_the_relational_loss(tmp_path):
+    store = _memory_store(n=1)
+    ids, sims = relational_targets(store, store.embeddings, 0, exclude=[0])
+    assert ids.shape == (1, 0) and ids.dtype == np.int64 and sims.shape == (1, 0)
+    from retrikt.student.methods import TrainConfig
+    from retrikt.student.retrieval import train_retrikt
+    path = _tiny_store(tmp_path / "one", texts=["good movie"])
+    cfg = TrainConfig(task="sst2", method="retrikt", student="tiny-encoder", store=str(path), epochs=1)
+    train = [{"idx": i, "sentence": s, "label": y} for i, (s, y) in enumerate([("good film", 1), ("bad film", 0)] * 4)]
+    model, extra = train_retrikt(cfg, get_task("sst2"), train, seed=1)
+    assert extra["store_entries"] == 1 and np.allclose(model.predict_proba(EX).sum(1), 1, atol=1e-5)
+
+
 def _real_store(folder, seed):
     mem = _memory_store(seed=seed)
     with StoreWriter(folder, {"task": "sst2", "teacher": "t", "embedder": {"name": "tiny", "dim": 32,
@@ -105,11 +118,11 @@ def test_saved_student_refuses_a_store_whose_manifest_differs(tmp_path, monkeypa
         load_retrieval_student(tmp_path / "student", get_task("sst2"), base="x", store_path=str(other.folder))
 
 
-def _tiny_store(folder):
+def _tiny_store(folder, texts=("good movie", "great film", "bad movie", "terrible film", "a good dog", "a bad cat") * 2):
     """A store in the key space of the tiny-encoder embedder, with texts the tiny tokenizer knows."""
     from retrikt import models
     emb_model = models.load_sentence_transformer("tiny-encoder")
-    texts = ["good movie", "great film", "bad movie", "terrible film", "a good dog", "a bad cat"] * 2
+    texts = list(texts)
     emb = np.asarray(emb_model.encode(texts, normalize_embeddings=True), dtype=np.float32)
     entries = [{"fields": {"sentence": t}, "label": int("good" in t or "great" in t),
                 "soft_label": [0.2, 0.8] if ("good" in t or "great" in t) else [0.8, 0.2], "meta": {}}
