@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -45,12 +45,9 @@ def mean_pairwise_cosine(emb: np.ndarray) -> float:
 
 def rl_label(config: dict) -> str:
     """The RL method plus the PPO settings that differ from the defaults (so variants of one store tell apart)."""
-    rl = config.get("rl", "none")
-    if rl == "ppo":
-        extra = [f"{name} {config[key]:g}" for key, name, default in
-                 (("rl_kl_coef", "kl-coef", 0.05), ("rl_lr", "lr", 1e-3)) if config.get(key, default) != default]
-        rl += f" ({', '.join(extra)})" if extra else ""
-    return rl
+    from retrikt.rl.refine import ppo_overrides
+    extra = [f"{name.replace('_', '-')} {value:g}" for name, value in ppo_overrides(config).items()]
+    return config.get("rl", "none") + (f" ({', '.join(extra)})" if extra else "")
 
 
 def final_kl(path: str) -> float | None:

@@ -24,15 +24,25 @@ from retrikt.student.lm import LMClassifier
 logger = logging.getLogger(__name__)
 
 
+PPO_SETTINGS = {"rl_kl_coef": "kl_coef", "rl_lr": "lr"}  # BuildConfig field -> its name in keys and labels
+
+
+def ppo_overrides(config: dict) -> dict:
+    """The PPO settings of a build config (a manifest's ``config``) that differ from BuildConfig's defaults."""
+    from retrikt.store.build import BuildConfig
+    if config.get("rl") != "ppo":
+        return {}
+    return {name: config[f] for f, name in PPO_SETTINGS.items()
+            if f in config and config[f] != getattr(BuildConfig, f)}
+
+
 def _key(cfg) -> str:
     from retrikt.store.build import prompt_key
     blob = {"prompt": prompt_key(cfg), "rl": cfg.rl, "steps": cfg.rl_steps, "tokens": cfg.max_new_tokens}
     if cfg.label_calibration != "none":  # the reward's labeller changed; keys of uncalibrated runs stay as they were
         blob["label_calibration"] = cfg.label_calibration
-    if cfg.rl == "ppo" and cfg.rl_kl_coef != 0.05:  # likewise: only non-default values change the key
-        blob["kl_coef"] = cfg.rl_kl_coef
-    if cfg.rl == "ppo" and cfg.rl_lr != 1e-3:
-        blob["lr"] = cfg.rl_lr
+    # likewise: only non-default PPO settings change the key
+    blob.update(ppo_overrides({"rl": cfg.rl, **{f: getattr(cfg, f) for f in PPO_SETTINGS}}))
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
