@@ -19,7 +19,7 @@ from retrikt import models
 from retrikt.config import arg, parse_config
 from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store.samples import condition
-from retrikt.store.softprompt import SoftPromptGenerator
+from retrikt.teacher.softprompt import SoftPromptGenerator
 from retrikt.tasks import get_task
 
 from benchmarks.common import RESULTS, peak_rss_gib

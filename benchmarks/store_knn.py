@@ -22,7 +22,7 @@ from retrikt.config import arg, parse_config
 from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store import Store
 from retrikt.store.samples import embed_text, embed_texts
-from retrikt.student.lm import calibration_applies
+from retrikt.teacher.lm import calibration_applies
 from retrikt.student.retrieval import neighbour_vote
 from retrikt.tasks import compute_metrics, get_task, load_split, sample_few_shot
 
@@ -65,7 +65,7 @@ def _scores(task, gold, q, keys, labels, ks, tau) -> dict[int, float]:
 def calibrated(store, task, soft: np.ndarray, data_dir) -> np.ndarray:
     """The store's teacher soft labels as ``--label-calibration content-free`` would have stored them: calibration
     divides by the labeller's label prior (same teacher, same demonstrations), so it can be applied afterwards."""
-    from retrikt.student.lm import LMClassifier
+    from retrikt.teacher.lm import LMClassifier
     cfg = store.manifest["config"]
     if cfg.get("label_calibration", "none") != "none":
         return soft

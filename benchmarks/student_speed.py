@@ -21,7 +21,7 @@ from retrikt.eval import evaluate
 from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store import Store, StoreWriter
 from retrikt.student.encoder import EncoderClassifier
-from retrikt.student.lm import LMClassifier
+from retrikt.teacher.lm import LMClassifier
 from retrikt.student.retrieval import RetrievalSettings, RetrievalStudent
 from retrikt.tasks import get_task, load_split
 

@@ -125,7 +125,7 @@ def result_file(cfg: CompareConfig, tc) -> Path:
 
 
 def _done(cfg: CompareConfig, tc) -> bool:
-    from retrikt.student.lm import calibration_applies
+    from retrikt.teacher.lm import calibration_applies
     from retrikt.tasks import get_task
     path = result_file(cfg, tc)
     if not path.exists():

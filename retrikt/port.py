@@ -96,7 +96,7 @@ def score_student(student, task, examples: list[dict]) -> dict:
 def train_source(cfg: PortRunConfig, task, train: list[dict], folder: Path) -> Path:
     """Train a ``cfg.peft_type`` module (+ head) on ``cfg.from_host`` with k-shot data; save it into ``folder``."""
     from retrikt.init.port import PEFT_TYPES, new_student, save_module
-    from retrikt.student.lm import LMClassifier
+    from retrikt.teacher.lm import LMClassifier
     from retrikt.student.methods import resolve_device
     from retrikt.student.trainer import fit
     from retrikt.tasks import sample_few_shot

@@ -6,7 +6,7 @@ from retrikt import models
 from retrikt.store import Store, StoreWriter
 from retrikt.store.samples import embed_text
 from retrikt.student.encoder import EncoderClassifier
-from retrikt.student.lm import LMClassifier
+from retrikt.teacher.lm import LMClassifier
 from retrikt.student.retrieval import RetrievalSettings, RetrievalStudent
 from retrikt.tasks import get_task, load_split
 

@@ -96,6 +96,17 @@ def _write_adapter(out: Path, config: dict, state: dict[str, torch.Tensor], side
                              "peft_type": config["peft_type"]}, [CONFIG_FILE, WEIGHTS_FILE, SIDECAR])
 
 
+def lora_config_for(model, r: int, alpha: int, causal: bool):
+    """LoRA on a causal LM's seven projections (what the parametric method transfers into, so the two differ only in
+    the init), or on an encoder's query / value."""
+    from peft import LoraConfig
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    wanted = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] if causal
+              else ["query", "value"])
+    targets = [t for t in wanted if t in names] or ["query", "value", "q_proj", "v_proj"]
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.05, target_modules=targets)
+
+
 def seeded_peft_model(model: torch.nn.Module, peft_config: Any, init_seed: int) -> Any:
     """``get_peft_model`` under a fixed seed, recording the init checksum that :func:`save_adapter` writes.
 

@@ -319,7 +319,7 @@ def peft_config_for(peft_type: str, r: int = 8, alpha: int = 16, virtual_tokens:
 
 def _student(peft_model: Any, tokenizer, task, max_length: int, head: dict | None, causal: bool):
     if causal:
-        from retrikt.student.lm import LMClassifier
+        from retrikt.teacher.lm import LMClassifier
         return LMClassifier(peft_model, tokenizer, task, max_length=max_length)
     student = PortStudent(peft_model, tokenizer, task, max_length=max_length)
     if head is not None:

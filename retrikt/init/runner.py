@@ -10,7 +10,7 @@ import logging
 from retrikt import models
 from retrikt.io import RetriktError
 from retrikt.student.encoder import EncoderClassifier
-from retrikt.student.lm import LMClassifier
+from retrikt.teacher.lm import LMClassifier
 from retrikt.student.methods import fit_config, resolve_device
 from retrikt.student.trainer import fit, seed_everything
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from retrikt.config import arg
 from retrikt.io import RetriktError, append_jsonl, atomic_path, read_jsonl
-from retrikt.store.softprompt import ResponseBatch, SoftPromptGenerator
+from retrikt.teacher.softprompt import ResponseBatch, SoftPromptGenerator
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 from retrikt.io import RetriktError
 from retrikt.rl.reward import RewardConfig, compute_rewards
 from retrikt.store.samples import condition, embed_text, embed_texts, parse
-from retrikt.student.lm import LMClassifier
+from retrikt.teacher.lm import LMClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ def _key(cfg) -> str:
     blob = {"prompt": prompt_key(cfg), "rl": cfg.rl, "steps": cfg.rl_steps, "tokens": cfg.max_new_tokens}
     if cfg.label_calibration != "none":  # the reward's labeller changed; keys of uncalibrated runs stay as they were
         blob["label_calibration"] = cfg.label_calibration
+    if cfg.labeller != "icl" or (cfg.labeller_model or cfg.teacher) != cfg.teacher:  # likewise
+        blob["labeller"] = [cfg.labeller, cfg.labeller_model or cfg.teacher]
     # likewise: only non-default PPO settings change the key
     blob.update(ppo_overrides({"rl": cfg.rl, **{f: getattr(cfg, f) for f in PPO_SETTINGS}}))
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -65,13 +67,13 @@ def make_reward_fn(task, labeller: LMClassifier, embedder, kshot: list[dict], le
                              accepted_embeddings=accepted, cfg=cfg or RewardConfig())
 
 
-def refine_prompt(cfg, task, gen, model, tok, kshot: list[dict], embedder, out: Path):
-    from retrikt.store.softprompt import SoftPromptGenerator
+def refine_prompt(cfg, task, gen, model, tok, kshot: list[dict], embedder, out: Path, labeller: LMClassifier):
+    """RL-refine ``gen``'s prompt with the store's own ``labeller`` as the quality reward (or reuse a saved one)."""
+    from retrikt.teacher.softprompt import SoftPromptGenerator
     folder, key = Path(out) / "prompt-rl", _key(cfg)
     if (folder / "manifest.json").exists() and json.loads((folder / "manifest.json").read_text()).get("key") == key:
         logger.info("reusing the RL-refined soft prompt in %s", folder)
         return SoftPromptGenerator.load(folder, model, tok)
-    labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos], calibrate=cfg.label_calibration)
     reward_fn = make_reward_fn(task, labeller, embedder, kshot, lenient=cfg.parse_mode == "lenient")
     labels = list(range(task.num_labels))
     conditions = [condition(task, y, cfg.task_text) for y in labels]

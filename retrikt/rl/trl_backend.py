@@ -22,7 +22,7 @@ import torch
 from retrikt.config import arg
 from retrikt.io import RetriktError
 from retrikt.rl.ppo import RewardFn, _call_reward
-from retrikt.store.softprompt import SoftPromptGenerator
+from retrikt.teacher.softprompt import SoftPromptGenerator
 
 logger = logging.getLogger(__name__)
 

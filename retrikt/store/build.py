@@ -27,16 +27,24 @@ from retrikt.io import RetriktError, append_jsonl
 from retrikt.store.samples import (condition, embed_text, embed_texts, embedding_dim, example_key, parse,
                                     target, task_text)
 from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
-from retrikt.student.lm import LMClassifier
 from retrikt.tasks import get_task, load_split, sample_few_shot
+from retrikt.teacher.adapted import AdaptConfig, adapt_config
+from retrikt.teacher.labeller import LABELLERS, make_labeller
+from retrikt.teacher.lm import LMClassifier
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class BuildConfig:
+class BuildConfig(AdaptConfig):
     task: str = arg("cb", help="task name")
-    teacher: str = arg("qwen-0.5b", help="teacher causal LM: generator and labeller")
+    teacher: str = arg("qwen-0.5b", help="teacher causal LM: the generator (and the labeller unless "
+                                         "--labeller-model names another)")
+    labeller: str = arg("adapted", help="how the store is labelled: adapted (the labeller model with a LoRA trained "
+                                        "on the seed's k-shot set, cached) | icl (--label-demos of the seed's k-shot "
+                                        "examples in context) | zero-shot", choices=list(LABELLERS))
+    labeller_model: str | None = arg(None, help="causal LM that labels the store (default: --teacher); its "
+                                                "tokenizer may differ from the generator's")
     embedder: str = arg("minilm-l6", help="sentence-transformers model that embeds store entries")
     out: str | None = arg(None, help="store folder (default stores/<task>-<teacher>)")
     per_label: int = arg(200, help="samples generated per label (before filtering)")
@@ -58,8 +66,8 @@ class BuildConfig:
     task_text: str = arg("name", help="how the generator's condition and the soft prompt's init text name the "
                                       "task: name (its id) | description (its one-line description)",
                          choices=["name", "description"])
-    label_demos: int = arg(4, help="k-shot demonstrations in the teacher's labelling prompt")
-    label_calibration: str = arg("none", help="teacher labels: none | content-free (divide by the label "
+    label_demos: int = arg(4, help="--labeller icl: k-shot demonstrations in the labelling prompt")
+    label_calibration: str = arg("none", help="--labeller icl / zero-shot: none | content-free (divide by the label "
                                               "probabilities of content-free inputs with the same demonstrations)",
                                  choices=["none", "content-free"])
     parse_mode: str = arg("strict", help="strict: every field line must be present; lenient: split the words "
@@ -104,7 +112,7 @@ def batch_plan(task, cfg: BuildConfig) -> list[tuple[int, int, int]]:
 
 
 def tuned_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], out: Path):
-    from retrikt.store.softprompt import SoftPromptConfig, SoftPromptGenerator
+    from retrikt.teacher.softprompt import SoftPromptConfig, SoftPromptGenerator
     folder, key = out / "prompt", prompt_key(cfg)
     if (folder / "manifest.json").exists() and json.loads((folder / "manifest.json").read_text()).get("key") == key:
         logger.info("reusing the tuned soft prompt in %s", folder)
@@ -185,21 +193,49 @@ def _check_rl_backend(cfg: BuildConfig, out: Path, world: int) -> None:
                            "is saved (the log says so), stop it, and launch again: the refined prompt is reused")
 
 
-def shared_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], embedder, out: Path, state):
+def shared_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], embedder, out: Path, state, labeller):
     """Rank 0 tunes (and RL-refines) the soft prompt and saves it; the other ranks wait for it, then load it."""
     if state.is_main_process:
         gen = tuned_generator(cfg, task, model, tok, kshot, out)
         if cfg.rl != "none":
             from retrikt.rl.refine import refine_prompt
-            gen = refine_prompt(cfg, task, gen, model, tok, kshot, embedder, out)
+            gen = refine_prompt(cfg, task, gen, model, tok, kshot, embedder, out, labeller)
     state.wait_for_everyone()
     if state.is_main_process:
         return gen
-    from retrikt.store.softprompt import SoftPromptGenerator
+    from retrikt.teacher.softprompt import SoftPromptGenerator
     folder = out / ("prompt" if cfg.rl == "none" else "prompt-rl")
     if not (folder / "manifest.json").exists():
         raise RetriktError(f"rank {state.process_index}: rank 0 left no soft prompt in {folder}")
     return SoftPromptGenerator.load(folder, model, tok)
+
+
+def labeller_spec(cfg: BuildConfig) -> dict:
+    """What labels the store, as the manifest records it beside the generator (``teacher``)."""
+    spec = {"kind": cfg.labeller, "model": cfg.labeller_model or cfg.teacher}
+    if cfg.labeller == "adapted":
+        spec["recipe"] = {k: v for k, v in asdict(adapt_config(cfg)).items() if k != "teacher_cache"}
+    elif cfg.labeller == "icl":
+        spec.update(demos=cfg.label_demos, calibration=cfg.label_calibration)
+    else:
+        spec["calibration"] = cfg.label_calibration
+    return spec
+
+
+def _labeller(cfg: BuildConfig, task, kshot: list[dict], model, tok, state) -> LMClassifier:
+    """The store's labeller; the generator's loaded copy serves it unless it is another model or adapted."""
+    from retrikt.dist import rank_device
+    same = (cfg.labeller_model or cfg.teacher) == cfg.teacher
+    if cfg.labeller == "adapted" and not state.is_main_process:
+        state.wait_for_everyone()  # rank 0 trains (or finds) the adapter first; the others then load it
+    clf, info = make_labeller(cfg.labeller, cfg.labeller_model or cfg.teacher, task, kshot, cfg.seed,
+                              demos=cfg.label_demos, calibration=cfg.label_calibration, adapt=adapt_config(cfg),
+                              device=rank_device(cfg.device), model=model if same else None,
+                              tokenizer=tok if same else None)
+    if cfg.labeller == "adapted" and state.is_main_process:
+        state.wait_for_everyone()
+    logger.info("labeller: %s", info)
+    return clf
 
 
 def _load_models(cfg: BuildConfig, state):
@@ -264,12 +300,13 @@ def build_store(cfg: BuildConfig) -> Path:
     model, tok, embedder = _load_models(cfg, state)
     meta = {"task": task.name, "teacher": cfg.teacher, "config": asdict(cfg),
             "embedder": {"name": cfg.embedder, "dim": embedding_dim(embedder), "normalize": True},
+            "generator": cfg.teacher, "labeller": labeller_spec(cfg), "seed": cfg.seed,
             "kshot_idx": [e["idx"] for e in kshot]}
     plan = batch_plan(task, cfg)
     # Rank 0 holds the store folder's lock for the whole build, so a second build into it is refused at once.
     with StoreWriter(out, meta) if state.is_main_process else contextlib.nullcontext() as writer:
-        gen = shared_generator(cfg, task, model, tok, kshot, embedder, out, state)
-        labeller = LMClassifier(model, tok, task, demos=kshot[:cfg.label_demos], calibrate=cfg.label_calibration)
+        labeller = _labeller(cfg, task, kshot, model, tok, state)
+        gen = shared_generator(cfg, task, model, tok, kshot, embedder, out, state, labeller)
         filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient")
         generate_shard(cfg, task, gen, filt, labeller, embedder, meta, shard_dir(out, state.process_index),
                        rank_batches(plan, state.process_index, state.num_processes))

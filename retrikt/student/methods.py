@@ -14,8 +14,9 @@ from retrikt import models
 from retrikt.config import arg
 from retrikt.io import RetriktError
 from retrikt.student.encoder import EncoderClassifier
-from retrikt.student.lm import LMClassifier
+from retrikt.teacher.lm import LMClassifier
 from retrikt.student.trainer import FitConfig, fit, seed_everything
+from retrikt.teacher.adapted import AdaptConfig
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +26,10 @@ DEFAULT_LR = {"finetune": 5e-5, "kd": 5e-5, "retrikt": 5e-5, "lora": 5e-4, "para
 
 
 @dataclass
-class TrainConfig(FitConfig):
+class TrainConfig(FitConfig, AdaptConfig):
     task: str = arg("cb", help="task name (python -m retrikt.tasks lists them)")
-    method: str = arg("finetune", help="finetune | lora | teacher | teacher-icl | kd | retrikt | parametric | "
-                                       "arithmetic | port")
+    method: str = arg("finetune", help="finetune | lora | teacher | teacher-icl | teacher-lora | kd | retrikt | "
+                                       "parametric | arithmetic | port")
     student: str = arg("minilm-l6", help="student model: a short name (python -m retrikt.models list), hub id or path")
     teacher: str = arg("qwen-0.5b", help="teacher LLM (for teacher / parametric methods)")
     shots: int = arg(32, help="k-shot training set: this many examples in total, stratified over labels "
@@ -114,18 +115,8 @@ def train_finetune(cfg: TrainConfig, task, train: list[dict], seed: int):
     return student, {"final_loss": losses[-1] if losses else None}
 
 
-def lora_config_for(model, r: int, alpha: int, causal: bool):
-    from peft import LoraConfig
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    # causal: the seven projections the parametric method transfers into, so the two differ only in the init
-    wanted = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] if causal
-              else ["query", "value"])
-    targets = [t for t in wanted if t in names] or ["query", "value", "q_proj", "v_proj"]
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.05, target_modules=targets)
-
-
 def train_lora(cfg: TrainConfig, task, train: list[dict], seed: int):
-    from retrikt.init.adapters import seeded_peft_model
+    from retrikt.init.adapters import lora_config_for, seeded_peft_model
     seed_everything(seed)
     device = resolve_device(cfg.device)
     causal = _is_causal(cfg.student)
@@ -144,12 +135,10 @@ def train_lora(cfg: TrainConfig, task, train: list[dict], seed: int):
 
 
 def _teacher(cfg: TrainConfig, task, train: list[dict], seed: int, demos: int):
-    import random
-    model, tok = models.load_causal_lm(cfg.teacher, device=resolve_device(cfg.device))
-    rng = random.Random(seed)
-    chosen = rng.sample(train, min(demos, len(train))) if demos else []
-    return (LMClassifier(model, tok, task, demos=chosen, calibrate=cfg.teacher_calibration),
-            {"student": cfg.teacher, "demos": len(chosen), "calibration": cfg.teacher_calibration})
+    from retrikt.teacher.labeller import make_labeller
+    clf, info = make_labeller("icl" if demos else "zero-shot", cfg.teacher, task, train, seed, demos=demos,
+                              calibration=cfg.teacher_calibration, device=resolve_device(cfg.device))
+    return clf, {"student": cfg.teacher, "demos": info["demos"], "calibration": cfg.teacher_calibration}
 
 
 def train_teacher(cfg, task, train, seed):
@@ -160,6 +149,15 @@ def train_teacher_icl(cfg, task, train, seed):
     return _teacher(cfg, task, train, seed, cfg.icl_demos)
 
 
+def train_teacher_lora(cfg, task, train, seed):
+    """The adapted teacher: a LoRA on the teacher, trained on this seed's k-shot set (cached, see teacher.adapted)."""
+    from retrikt.teacher.adapted import adapt_config
+    from retrikt.teacher.labeller import make_labeller
+    clf, info = make_labeller("adapted", cfg.teacher, task, train, seed, adapt=adapt_config(cfg),
+                              device=resolve_device(cfg.device))
+    return clf, {"student": cfg.teacher, **{k: v for k, v in info.items() if k not in ("kind", "model")}}
+
+
 # Methods implemented in their own modules, imported on first use: name -> (module, function).
 LAZY = {
     "kd": ("retrikt.student.retrieval", "train_kd"),
@@ -168,7 +166,8 @@ LAZY = {
     "arithmetic": ("retrikt.init.runner", "train_arithmetic"),
     "port": ("retrikt.init.runner", "train_port"),
 }
-METHODS = {"finetune": train_finetune, "lora": train_lora, "teacher": train_teacher, "teacher-icl": train_teacher_icl}
+METHODS = {"finetune": train_finetune, "lora": train_lora, "teacher": train_teacher, "teacher-icl": train_teacher_icl,
+           "teacher-lora": train_teacher_lora}
 
 
 def get_method(name: str):

@@ -22,7 +22,7 @@ def test_calibrated_store_labels_divide_by_the_labellers_prior(monkeypatch):
     from types import SimpleNamespace
 
     import benchmarks.store_knn as bench
-    from retrikt.student.lm import LMClassifier
+    from retrikt.teacher.lm import LMClassifier
     from retrikt.tasks import get_task
     from tests.tiny import tiny_qwen, tiny_tokenizer
     tok = tiny_tokenizer()

@@ -7,7 +7,7 @@ import torch
 from retrikt.io import read_jsonl
 from retrikt.rl.ppo import (KLController, PPOConfig, Rollout, ValueHead, advantages, check_frozen, gae, plot_log,
                             ppo_losses, ppo_train, ppo_update, rollout, whiten)
-from retrikt.store.softprompt import ResponseBatch, SoftPromptGenerator
+from retrikt.teacher.softprompt import ResponseBatch, SoftPromptGenerator
 from tests.tiny import tiny_qwen, tiny_tokenizer
 
 CONDS = ["label : positive", "label : negative the", "label : neutral"]

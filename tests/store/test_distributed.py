@@ -13,7 +13,7 @@ from retrikt.io import read_jsonl
 from retrikt.store import Store
 from retrikt.store import build as B
 from retrikt.store.shard import rank_batches, shard_dir
-from retrikt.store.softprompt import SoftPromptGenerator
+from retrikt.teacher.softprompt import SoftPromptGenerator
 from retrikt.tasks import get_task
 from tests.store.test_build import _fake_generate
 

@@ -58,7 +58,7 @@ def test_regression_loss_is_mse():
 
 def test_micro_batches_give_the_whole_batch_gradient():
     # Gradients, not weights after a step: AdamW's first step is nearly scale-free and would hide a wrong weighting.
-    from retrikt.student.lm import LMClassifier
+    from retrikt.teacher.lm import LMClassifier
     from retrikt.student.trainer import _accumulated_step
     from tests.tiny import tiny_qwen
     task = get_task("sst2")

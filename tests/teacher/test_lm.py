@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrikt.student.lm import LMClassifier
+from retrikt.teacher.lm import LMClassifier
 from retrikt.tasks import get_task
 from tests.tiny import tiny_qwen, tiny_tokenizer
 
@@ -112,3 +112,38 @@ def test_calibration_leaves_multiple_choice_alone_and_rejects_unknown_modes(lm):
                                LMClassifier(model, tok, task).predict_proba([ex]), atol=1e-6)
     with pytest.raises(Exception, match="unknown calibration"):
         LMClassifier(model, tok, task, calibrate="platt")
+
+
+def test_single_pass_scoring_equals_per_continuation_scoring(lm):
+    """One forward per example, head on the last position, demonstrations as a KV cache == one full-logits pass per
+    (example, verbaliser) with the demonstrations written into the prompt (the old scoring), to 1e-5."""
+    model, tok = lm
+    task = get_task("cb")
+    clf = LMClassifier(model, tok, task, demos=CB[:2])
+    got = clf.predict_proba(CB, batch_size=2)
+    manual = np.array([_manual_scores(model, tok, clf._prefix + task.prompt(e), list(task.verbalizers)) for e in CB])
+    expected = np.exp(manual - manual.max(1, keepdims=True))
+    np.testing.assert_allclose(got, expected / expected.sum(1, keepdims=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cb", "copa"])
+def test_demonstration_kv_cache_equals_demonstrations_inline(lm, name):
+    model, tok = lm
+    task = get_task(name)
+    exs = CB if name == "cb" else [
+        {"idx": i, "premise": p, "choice1": "he sat", "choice2": c2, "question": q, "label": i % 2}
+        for i, (p, c2, q) in enumerate([("the man ran", "the dog ran on the cat", "cause"),
+                                        ("she sat on a cat", "no", "effect"), ("it is a dog", "he ran", "cause")])]
+    clf = LMClassifier(model, tok, task, demos=exs[:2])
+    batch = clf.tokenize(exs)
+    with torch.no_grad():
+        inline = clf(batch)  # no cache: the demonstrations' ids are prepended to every row
+        cached = clf({**batch, "past": clf.demo_cache()})
+    torch.testing.assert_close(cached, inline, atol=1e-5, rtol=1e-5)
+    assert clf.demo_cache() is not None and LMClassifier(model, tok, task).demo_cache() is None
+
+
+def test_demonstrations_longer_than_the_context_are_refused(lm):
+    model, tok = lm
+    with pytest.raises(Exception, match="demonstrations take"):
+        LMClassifier(model, tok, get_task("cb"), demos=CB, max_length=20)

@@ -5,7 +5,7 @@ import torch
 from peft import PeftModel
 
 from retrikt.io import IntegrityError, RetriktError
-from retrikt.store.softprompt import SoftPromptConfig, SoftPromptGenerator
+from retrikt.teacher.softprompt import SoftPromptConfig, SoftPromptGenerator
 from tests.tiny import tiny_qwen, tiny_tokenizer
 
 INIT = "write a movie review"

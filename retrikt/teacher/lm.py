@@ -1,0 +1,223 @@
+"""A causal LM used as a classifier: score each label's verbaliser (or each choice) by log-likelihood.
+
+This is how the teacher is scored (zero-shot, in-context, or adapted with a LoRA), how generated store samples are
+labelled, and how causal-LM students (e.g. qwen-0.5b with a LoRA) are trained and scored. ``forward`` returns
+per-label log-likelihood scores with gradients, so the shared trainer's cross-entropy over them trains the adapter on
+the answer tokens only.
+
+Scoring is spent on tokens that carry information. When every verbaliser is one token (all GLUE / SuperGLUE label
+tasks with the Qwen tokenizer) an example costs one forward pass and the LM head runs on its last position only; with
+longer continuations (COPA's choices) only the continuation positions reach the head. In-context demonstrations are
+encoded once per ``predict_proba`` call and their KV cache is shared by every batch, so a demonstration costs nothing
+per example; batches are length-sorted so padding is small, and the content-free calibration prior is computed once.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from retrikt.io import RetriktError
+
+logger = logging.getLogger(__name__)
+
+
+# Content-free inputs of "Calibrate Before Use" (Zhao et al., ICML 2021): every text field set to each filler.
+CONTENT_FREE = ("N/A", "", "[MASK]")
+CALIBRATIONS = ("none", "content-free")
+MIN_PROMPT_TOKENS = 16  # what an example keeps at least when the demonstrations fill the context
+
+
+def calibration_applies(task) -> bool:
+    """Multiple-choice tasks score each example's own choices: no fixed label to be biased towards."""
+    return task.kind != "multiple_choice"
+
+
+class LMClassifier(nn.Module):
+    def __init__(self, model, tokenizer, task, demos: list[dict] | None = None, max_length: int = 1024,
+                 length_norm: bool | None = None, calibrate: str = "none"):
+        super().__init__()
+        if task.is_regression:
+            raise RetriktError(f"task {task.name} is a regression task; verbaliser scoring needs labels "
+                               "(use an encoder student with a regression head)")
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.demos = list(demos or [])
+        self.max_length = max_length
+        # Choices (COPA) differ in length, so compare mean per-token log-likelihoods; verbalisers are summed.
+        self.length_norm = length_norm if length_norm is not None else task.kind == "multiple_choice"
+        self._prefix = self._demo_prefix()
+        self._prefix_ids = tokenizer(self._prefix, add_special_tokens=False)["input_ids"] if self._prefix else []
+        if len(self._prefix_ids) + MIN_PROMPT_TOKENS > max_length:
+            raise RetriktError(f"{len(self.demos)} demonstrations take {len(self._prefix_ids)} tokens, leaving less "
+                               f"than {MIN_PROMPT_TOKENS} of max_length={max_length} for the example: use fewer "
+                               "demonstrations or a larger max_length")
+        if calibrate not in CALIBRATIONS:
+            raise RetriktError(f"unknown calibration {calibrate!r}; choose one of {', '.join(CALIBRATIONS)}")
+        self.calibrate = calibrate
+        self._prior: np.ndarray | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _continuations(self, example: dict) -> list[str]:
+        return self.task.continuations(example)
+
+    def _demo_prefix(self) -> str:
+        parts = []
+        for d in self.demos:
+            parts.append(self.task.prompt(d) + self._continuations(d)[int(d["label"])])
+        return "".join(p + "\n\n" for p in parts)
+
+    def _encode(self, examples: list[dict]) -> tuple[list[list[int]], list[list[list[int]]]]:
+        """Prompt ids (without the demonstrations, which are scored as one shared prefix) and continuation ids."""
+        tok = self.tokenizer
+        prompts, conts = [], []
+        for e in examples:
+            ids = tok(self.task.prompt(e), add_special_tokens=False)["input_ids"]
+            c = [tok(s, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for s in self._continuations(e)]
+            keep = self.max_length - len(self._prefix_ids) - max(len(x) for x in c)
+            prompts.append(ids[-keep:])  # keep the end: it holds the question and the answer cue
+            conts.append(c)
+        return prompts, conts
+
+    def tokenize(self, examples: list[dict]) -> dict:
+        prompts, conts = self._encode(examples)
+        return {"prompts": prompts, "conts": conts}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Per-label log-likelihood scores [b, num_labels] (differentiable)."""
+        return self._scores(batch["prompts"], batch["conts"], batch.get("past"))
+
+    def _scores(self, prompts, conts, past=None) -> torch.Tensor:
+        if all(len(c) == 1 for cs in conts for c in cs):
+            return self._single_token_scores(prompts, conts, past)
+        return self._sequence_scores(prompts, conts, past)
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left padding: every row ends at the last position, so the head only needs the last few positions."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        n = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, n - len(s):] = torch.tensor(s)
+            mask[i, n - len(s):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _last_logits(self, seqs: list[list[int]], keep: int, past) -> torch.Tensor:
+        """Logits of the last ``keep`` positions [b, keep, vocab] of left-padded ``seqs``, after the demonstrations
+        (their KV cache ``past``, or their ids prepended when there is none). Explicit position ids keep padded rows
+        exact; full logits would be batch x length x vocab (150k for Qwen), about 1 GB a batch kept for backward."""
+        offset = len(self._prefix_ids)
+        if past is None and offset:
+            seqs = [self._prefix_ids + s for s in seqs]
+        ids, mask = self._pad(seqs)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        kw = {}
+        if past is not None:
+            pos = pos + offset
+            mask = torch.cat([torch.ones(len(seqs), offset, dtype=mask.dtype, device=mask.device), mask], 1)
+            kw = {_cache_kwarg(self.model): _expand_cache(past, len(seqs)), "use_cache": True}
+        try:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, **kw)
+        except TypeError:  # a model without logits_to_keep
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
+        return out.logits[:, -keep:]
+
+    def _single_token_scores(self, prompts, conts, past=None) -> torch.Tensor:
+        """One forward pass per example, the LM head on its last position only."""
+        logp = self._last_logits(prompts, 1, past)[:, -1].float().log_softmax(-1)
+        idx = torch.tensor([[c[0] for c in cs] for cs in conts], device=logp.device)
+        return logp.gather(1, idx)
+
+    def _sequence_scores(self, prompts, conts, past=None) -> torch.Tensor:
+        """One sequence per (example, continuation); the head runs on the continuation positions only."""
+        seqs = [p + c for p, cs in zip(prompts, conts) for c in cs]
+        lens = [len(c) for cs in conts for c in cs]
+        keep = max(lens) + 1
+        logits = self._last_logits(seqs, keep, past).float()
+        # row i's continuation fills its last n positions; position q predicts token q + 1
+        scores = []
+        for i, (s, n) in enumerate(zip(seqs, lens)):
+            tgt = torch.tensor(s[-n:], device=logits.device)
+            lp = logits[i, keep - n - 1:keep - 1].log_softmax(-1).gather(1, tgt[:, None]).sum()
+            scores.append(lp / n if self.length_norm else lp)
+        return torch.stack(scores).view(len(prompts), -1)
+
+    @torch.no_grad()
+    def demo_cache(self):
+        """KV cache of the demonstrations (None without demonstrations): computed once, shared by every batch."""
+        if not self._prefix_ids:
+            return None
+        ids = torch.tensor([self._prefix_ids], device=self.device)
+        out = self.model(input_ids=ids, use_cache=True)
+        return getattr(out, "cache", None) or out.past_key_values
+
+    def label_prior(self) -> np.ndarray:
+        """The label distribution the LM gives content-free inputs (with the same demonstrations): its bias.
+
+        A raw zero-shot qwen-0.5b puts 0.89 on " negative" for "N/A" and answers negative for 871 of 872 SST-2
+        validation sentences; dividing by this prior is Zhao et al.'s contextual calibration. Multiple-choice
+        tasks score the example's own choices, so there is no fixed label to be biased towards: uniform prior.
+        """
+        if self._prior is None:
+            n = self.task.num_labels
+            if self.calibrate == "none" or not calibration_applies(self.task):
+                self._prior = np.full(n, 1.0 / n)
+            else:
+                fillers = [dict({f: x for f in self.task.text_fields}, label=0) for x in CONTENT_FREE]
+                self._prior = self._raw_proba(fillers, len(fillers)).mean(0)
+                logger.info("%s label prior on content-free inputs: %s", self.task.name, self._prior.round(3))
+        return self._prior
+
+    def reset_prior(self) -> None:
+        """Forget the cached calibration prior (after the model's weights change, e.g. training)."""
+        self._prior = None
+
+    @torch.no_grad()
+    def predict_proba(self, examples: list[dict], batch_size: int = 8) -> np.ndarray:
+        """Label probabilities [n, num_labels]; with ``calibrate="content-free"`` divided by the label prior."""
+        probs = self._raw_proba(examples, batch_size)
+        if self.calibrate == "none" or not len(probs):
+            return probs
+        q = probs / np.clip(self.label_prior(), 1e-12, None)
+        return q / q.sum(1, keepdims=True)
+
+    @torch.no_grad()
+    def _raw_proba(self, examples: list[dict], batch_size: int = 8) -> np.ndarray:
+        self.eval()
+        if not examples:
+            return np.zeros((0, self.task.num_labels))
+        # Batch examples of similar length: padding to the longest in a batch otherwise costs up to 2x on CPU.
+        prompts, conts = self._encode(examples)
+        order = sorted(range(len(examples)), key=lambda i: len(prompts[i]) + max(map(len, conts[i])))
+        past = self.demo_cache()
+        out = torch.empty((len(examples), self.task.num_labels))
+        for s in tqdm(range(0, len(order), batch_size), desc=f"score {self.task.name}", leave=False, disable=None):
+            idx = order[s:s + batch_size]
+            scores = self._scores([prompts[i] for i in idx], [conts[i] for i in idx], past)
+            out[idx] = scores.softmax(-1).cpu()
+        return out.numpy()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, then goes in 5.40)."""
+    import inspect
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _expand_cache(past, batch: int):
+    """A fresh copy of the one-row demonstration cache repeated to ``batch`` rows (a forward pass appends to it)."""
+    cache = copy.deepcopy(past)
+    if batch > 1:
+        cache.batch_repeat_interleave(batch)
+    return cache
