@@ -42,6 +42,7 @@ from retrikt.student.encoder import EncoderClassifier
 from retrikt.student.methods import resolve_device
 from retrikt.student.trainer import FitConfig, fit
 from retrikt.tasks import load_split
+from retrikt.logs import setup_logging
 
 from benchmarks.common import RESULTS
 
@@ -315,7 +316,7 @@ def run(cfg: ArithmeticBench) -> dict[str, list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(ArithmeticBench, argv, description=__doc__.splitlines()[0], smoke=SMOKE)
     by_exp = run(cfg)

@@ -9,7 +9,6 @@ prompt path (inputs_embeds prefix, left padding behind the prompt). Writes bench
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store.samples import condition
 from retrikt.teacher.softprompt import SoftPromptGenerator
 from retrikt.tasks import get_task
+from retrikt.logs import setup_logging
 
 from benchmarks.common import RESULTS, peak_rss_gib
 
@@ -59,7 +59,7 @@ def _soft(gen: SoftPromptGenerator, conds: list[str], bs: int, n: int) -> float:
 
 @torch.no_grad()
 def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     cfg = parse_config(GenerationBench, argv, description=__doc__, smoke=SMOKE)
     task = get_task(cfg.task)
     model, tok = models.load_causal_lm(cfg.model)

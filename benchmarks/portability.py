@@ -22,6 +22,7 @@ from pathlib import Path
 from retrikt.config import arg, parse_config
 from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.port import PortRunConfig, score_student, eval_examples, host_path, run_cell, summarise, train_source
+from retrikt.logs import setup_logging
 
 RESULTS = Path(__file__).resolve().parent / "results"
 logger = logging.getLogger("benchmarks.portability")
@@ -149,7 +150,7 @@ def markdown(result: dict, cfg: PortabilityBench) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     cfg = parse_config(PortabilityBench, argv, description=__doc__.splitlines()[0], smoke=SMOKE)
     result = run(cfg)
     result.update(run_metadata(cfg, seeds=cfg.seeds))

@@ -12,7 +12,6 @@ This reads validation labels to *diagnose* a store; nothing here selects a setti
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ from retrikt.store.samples import embed_text, embed_texts
 from retrikt.teacher.lm import calibration_applies
 from retrikt.student.retrieval import neighbour_vote
 from retrikt.tasks import compute_metrics, get_task, load_split, sample_few_shot
+from retrikt.logs import setup_logging
 
 from benchmarks.common import RESULTS
 
@@ -129,7 +129,7 @@ def table(rows: list[dict], ks: list[int]) -> str:
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     cfg = parse_config(StoreKnnBench, argv, description=__doc__)
     rows = [diagnose(p, cfg) for p in cfg.stores]
     meta = run_metadata(config=asdict(cfg), seeds=cfg.seeds)

@@ -11,7 +11,6 @@ text), and the label balance. Writes benchmarks/results/<name>.{json,md}.
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from retrikt.config import arg, parse_config
 from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store import Store
+from retrikt.logs import setup_logging
 
 from benchmarks.common import RESULTS
 
@@ -71,7 +71,7 @@ def describe(path: str) -> dict:
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     cfg = parse_config(StoreQualityBench, argv, description=__doc__)
     rows = [describe(p) for p in cfg.stores]
     out = run_metadata(cfg) | {"rows": rows}

@@ -9,7 +9,6 @@ benchmarks/results/student_speed.{json,md}.
 """
 from __future__ import annotations
 
-import logging
 import tempfile
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from retrikt.student.encoder import EncoderClassifier
 from retrikt.teacher.lm import LMClassifier
 from retrikt.student.retrieval import RetrievalSettings, RetrievalStudent
 from retrikt.tasks import get_task, load_split
+from retrikt.logs import setup_logging
 
 from benchmarks.common import RESULTS, peak_rss_gib
 
@@ -58,7 +58,7 @@ def synthetic_store(folder, task, n: int, dim: int, name: str) -> Store:
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     cfg = parse_config(SpeedBench, argv, description=__doc__, smoke=SMOKE)
     task = get_task(cfg.task)
     examples = load_split(task, "validation")[:cfg.limit]

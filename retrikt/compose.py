@@ -8,16 +8,16 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from retrikt.config import parse_config
 from retrikt.init.arithmetic import ArithmeticConfig, compose_adapters
 from retrikt.io import RetriktError
+from retrikt.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     parser = argparse.ArgumentParser(prog="python -m retrikt.compose", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     try:

@@ -40,8 +40,9 @@ def configure_logging() -> int:
     """Log setup of a ``python -m`` entry point: INFO on rank 0, warnings only (tagged) on the others. Returns the
     rank (0 when not launched), read from the environment so that nothing distributed starts yet."""
     rank = int(os.environ.get("RANK", "0") or 0)
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(levelname)s {f'[rank {rank}] ' if rank else ''}%(name)s: %(message)s")
+    from retrikt.logs import setup_logging
+    setup_logging(logging.INFO if rank == 0 else logging.WARNING,
+                  f"%(levelname)s {f'[rank {rank}] ' if rank else ''}%(name)s: %(message)s")
     return rank
 
 

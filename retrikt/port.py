@@ -21,6 +21,7 @@ import numpy as np
 
 from retrikt.config import arg, parse_config
 from retrikt.io import RetriktError, atomic_write_json, atomic_write_text, run_metadata
+from retrikt.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def markdown(result: dict, cfg: PortRunConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         cfg = parse_config(PortRunConfig, argv, description=__doc__.splitlines()[0], smoke=SMOKE)
         result = run_port(cfg)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from retrikt.eval import evaluate
 from retrikt.io import RetriktError, atomic_write_json, run_metadata
 from retrikt.tasks import get_task
+from retrikt.logs import setup_logging
 
 
 def load_saved(folder: Path, task, base: str | None, store: str | None):
@@ -27,7 +27,7 @@ def load_saved(folder: Path, task, base: str | None, store: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help="task name")
     p.add_argument("--student-dir", required=True, help="folder written by retrikt.train --save-student")

@@ -40,8 +40,9 @@ def fmt_mean_std(values: list[float], scale: float = 100.0) -> str:
     if not values:
         return "–"
     m = statistics.fmean(values) * scale
-    s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{m:.1f} ± {s:.1f}"
+    if len(values) == 1:  # one seed has no spread: "± 0.0" would claim a measured one
+        return f"{m:.1f}"
+    return f"{m:.1f} ± {statistics.stdev(values) * scale:.1f}"
 
 
 def summarise(results: list[dict]) -> list[dict]:

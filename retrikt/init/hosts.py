@@ -34,10 +34,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from retrikt.progress import progress
 
 from retrikt.config import arg, parse_config
 from retrikt.io import MANIFEST, RetriktError, folder_lock, read_manifest, write_manifest
+from retrikt.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def mlm_train(encoder: nn.Module, tokenizer, texts: list[str], cfg: HostConfig) 
     batches: list[list[str]] = []
     losses, warmup = [], int(cfg.warmup_ratio * cfg.steps)
     encoder.train()
-    for step in tqdm(range(cfg.steps), desc=f"mlm {cfg.task}", leave=False, disable=None):
+    for step in progress(range(cfg.steps), desc=f"mlm {cfg.task}", leave=False):
         if not batches:
             batches = _length_buckets(texts, cfg.batch_size, rng)
         batch = _batch(batches.pop(), tokenizer, cfg, gen, encoder.device)
@@ -260,7 +261,7 @@ def resolve_host(name: str, **overrides) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         cfg = parse_config(HostConfig, argv, description=__doc__.splitlines()[0], smoke=SMOKE)
         path = build_mlm_host(cfg)

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from retrikt.progress import progress
 
 from retrikt.io import RetriktError
 
@@ -239,7 +239,7 @@ def _accumulate(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], t
     with _grads_only_for(model, list(params.values())):
         handles = [p.register_post_accumulate_grad_hook(hook) for p in params.values()]
         try:
-            bar = tqdm(total=len(encoded), desc="sensitivity", unit="sample", leave=False)
+            bar = progress(total=len(encoded), desc="sensitivity", unit="sample", leave=False)
             for ids, mask, labels in _batches(encoded, max(1, batch_size), int(pad), device):
                 seed_loss(model, ids, mask, labels).backward()
                 bar.update(ids.shape[0])

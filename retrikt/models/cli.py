@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 
@@ -14,6 +13,7 @@ from retrikt.io import RetriktError
 from retrikt.models.cache import is_cached, missing_packages, model_path, pip_args, prepare
 from retrikt.models.loaders import model_info
 from retrikt.models.specs import MODELS, get_spec
+from retrikt.logs import setup_logging
 
 
 def _cli_list() -> None:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="rebuild even when cached")
     p.add_argument("--verify", action="store_true", help="afterwards check every file's sha256")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         if args.cmd == "list":
             _cli_list()

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from retrikt.progress import progress
 
 from retrikt.config import arg
 from retrikt.io import RetriktError, append_jsonl, atomic_path, read_jsonl
@@ -258,7 +258,7 @@ def ppo_train(generator: SoftPromptGenerator, reward_fn: RewardFn, conditions: l
     kl_ctl = KLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon, cfg.adaptive_kl)
     rng, g = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     log: list[dict] = []
-    for step in tqdm(range(cfg.steps), desc="ppo", disable=None):
+    for step in progress(range(cfg.steps), desc="ppo"):
         t0 = time.perf_counter()
         pick = rng.choice(len(conditions), cfg.rollout_batch, replace=len(conditions) < cfg.rollout_batch)
         ro = rollout(generator, value_head, reward_fn, [conditions[i] for i in pick],

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
+from retrikt.progress import progress
 
 from retrikt.io import RetriktError, atomic_write_json
 
@@ -60,7 +60,7 @@ class EncoderClassifier(nn.Module):
     def predict_proba(self, examples: list[dict], batch_size: int = 32) -> np.ndarray:
         self.eval()
         outs = []
-        for i in tqdm(range(0, len(examples), batch_size), desc="predict", leave=False, disable=None):
+        for i in progress(range(0, len(examples), batch_size), desc="predict", leave=False):
             logits = self(self.tokenize(examples[i:i + batch_size]))
             outs.append(logits.float() if self.task.is_regression else logits.float().softmax(-1))
         return torch.cat(outs).cpu().numpy() if outs else np.zeros((0, self.task.num_labels))

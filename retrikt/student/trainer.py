@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from retrikt.progress import progress
 
 from retrikt.config import arg
 
@@ -156,7 +156,7 @@ def fit(model, examples: list[dict], cfg: FitConfig, seed: int, loss_fn=None, de
     model.train()
     rank, n_ranks = world()
     step = _DataParallelStep(model, cfg, loss_fn, rank, n_ranks) if n_ranks > 1 else None
-    bar = tqdm(total=total, desc=desc, leave=False, disable=None if rank == 0 else True)
+    bar = progress(total=total, desc=desc, leave=False, disable=rank != 0)
     order = list(range(len(examples)))
     while len(losses) < total:
         rng.shuffle(order)

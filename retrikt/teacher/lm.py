@@ -19,9 +19,9 @@ import logging
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from retrikt.io import RetriktError
+from retrikt.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -193,19 +193,31 @@ class LMClassifier(nn.Module):
         self.eval()
         if not examples:
             return np.zeros((0, self.task.num_labels))
-        # Batch examples of similar length: padding to the longest in a batch otherwise costs up to 2x on CPU.
         prompts, conts = self._encode(examples)
-        order = sorted(range(len(examples)), key=lambda i: len(prompts[i]) + max(map(len, conts[i])))
+        lengths = [len(p) + max(map(len, c)) for p, c in zip(prompts, conts)]
         past = self.demo_cache()
         out = torch.empty((len(examples), self.task.num_labels))
-        for s in tqdm(range(0, len(order), batch_size), desc=f"score {self.task.name}", leave=False, disable=None):
-            idx = order[s:s + batch_size]
+        for idx in progress(length_batches(lengths, batch_size), desc=f"score {self.task.name}", leave=False):
             scores = self._scores([prompts[i] for i in idx], [conts[i] for i in idx], past)
             out[idx] = scores.softmax(-1).cpu()
         return out.numpy()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+def length_batches(lengths: list[int], batch_size: int, slack: float = 0.25) -> list[list[int]]:
+    """Indices grouped into batches of similar length: sorted by length, a batch closes when full or when the next
+    example is more than ``slack`` longer than its first, so padding wastes at most about that share of a batch's
+    compute (12 CB examples of 30-250 tokens in one batch ran at 0.6x the speed of batches of 4)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and lengths[i] <= (1 + slack) * lengths[batches[-1][0]] + 2:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _cache_kwarg(model) -> str:

@@ -24,10 +24,10 @@ from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from retrikt.config import arg
+from retrikt.progress import progress
 from retrikt.io import (RetriktError, atomic_path, atomic_write_json, folder_lock, read_manifest, write_manifest)
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class SoftPromptGenerator(torch.nn.Module):
         rng = random.Random(cfg.seed)
         steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
         log: list[dict] = []
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="soft prompt", disable=None)
+        bar = progress(total=cfg.epochs * steps_per_epoch, desc="soft prompt")
         for epoch in range(cfg.epochs):
             order = list(range(len(data)))
             rng.shuffle(order)
@@ -269,7 +269,7 @@ class SoftPromptGenerator(torch.nn.Module):
         gcfg = self._generation_config(max_new_tokens, temperature, top_p, max_time)
         out: list[dict] = []
         batches = range(0, len(rows), batch_size)
-        for b, start in enumerate(tqdm(batches, desc="generate", disable=None if len(batches) > 1 else True)):
+        for b, start in enumerate(progress(batches, desc="generate", disable=len(batches) < 2)):
             conds = rows[start:start + batch_size]
             with _seeded(seed * 1_000_003 + b, self.device):
                 new = self._generate_batch(conds, gcfg, prompt)

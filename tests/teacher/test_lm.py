@@ -147,3 +147,14 @@ def test_demonstrations_longer_than_the_context_are_refused(lm):
     model, tok = lm
     with pytest.raises(Exception, match="demonstrations take"):
         LMClassifier(model, tok, get_task("cb"), demos=CB, max_length=20)
+
+
+def test_length_batches_cover_every_index_once_and_bound_padding():
+    from retrikt.teacher.lm import length_batches
+    lengths = [30, 250, 31, 35, 120, 33, 260, 32, 100, 34]
+    batches = length_batches(lengths, 4)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= 4 for b in batches)
+    for b in batches:
+        assert max(lengths[i] for i in b) <= 1.25 * min(lengths[i] for i in b) + 2
+    assert [lengths[i] for i in batches[0]] == [30, 31, 32, 33]  # sorted, full batches where lengths allow

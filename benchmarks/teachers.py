@@ -1,0 +1,92 @@
+"""The teacher table: each teacher LLM x {zero-shot, in-context, adapted} on each task, with its examples/s.
+
+    python -m benchmarks.teachers                 # reads benchmarks/results/teachers/runs, writes teachers.{md,json}
+
+The runs come from ``python -m retrikt.train --method teacher|teacher-icl|teacher-lora --teacher MODEL`` with
+``--out benchmarks/results/teachers/runs`` (the commands are in the table's footer). The 32-shot MiniLM fine-tune of
+the same seeds (``--reference``, the compare grid) is the row a teacher must beat to have anything to teach.
+"""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+
+from retrikt.config import arg, parse_config
+from retrikt.eval import load_results
+from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
+
+from benchmarks.common import RESULTS
+
+MODES = {"teacher": "zero-shot, calibrated", "teacher-icl": "in-context, 4 demos, calibrated",
+         "teacher-lora": "adapted (LoRA r16, 3 epochs)", "finetune": "32-shot fine-tune (reference)"}
+
+
+@dataclass
+class TeachersTable:
+    runs: list[str] = arg(["benchmarks/results/teachers/runs", "benchmarks/results/compare/runs"],
+                          help="folders of run results (the first one holding a (method, model, task, seed) wins)")
+    tasks: list[str] = arg(["cb", "rte", "copa", "sst2", "cola"], help="task columns")
+    models: list[str] = arg(["qwen-0.5b", "qwen-1.5b"], help="teacher models (rows)")
+    reference: str = arg("minilm-l6", help="student whose 32-shot fine-tune is shown as the reference row")
+    seeds: list[int] = arg([1, 2, 3], help="seeds to include")
+    name: str = arg("teachers", help="results file stem")
+
+
+def collect(cfg: TeachersTable) -> dict:
+    """{(method, model): {task: [runs]}}, one run per seed, earlier folders first."""
+    seen, table = set(), defaultdict(lambda: defaultdict(list))
+    wanted = set(cfg.models) | {cfg.reference}
+    for folder in cfg.runs:
+        for r in load_results(folder):
+            key = (r["method"], r["student"], r["task"], r["seed"])
+            if r["method"] in MODES and r["student"] in wanted and r["seed"] in cfg.seeds and key not in seen:
+                if r["method"] == "finetune" and r["student"] != cfg.reference:
+                    continue
+                seen.add(key)
+                table[(r["method"], r["student"])][r["task"]].append(r)
+    return table
+
+
+def cell(runs: list[dict]) -> dict | None:
+    if not runs:
+        return None
+    mains = [r["main"] * 100 for r in runs]
+    return {"mean": statistics.fmean(mains), "std": statistics.stdev(mains) if len(mains) > 1 else None,
+            "seeds": sorted(r["seed"] for r in runs), "n": sorted({r.get("n") for r in runs}),
+            "examples_per_s": statistics.fmean(r.get("examples_per_s") or 0.0 for r in runs),
+            "values": mains}
+
+
+def fmt(c: dict | None) -> str:
+    if c is None:
+        return "–"
+    spread = f" ± {c['std']:.1f}" if c["std"] is not None else " (1 run)"
+    n = "/".join(map(str, c["n"]))
+    return f"{c['mean']:.1f}{spread} <sub>n={n}, {c['examples_per_s']:.2f} ex/s</sub>"
+
+
+def main(argv=None) -> None:
+    cfg = parse_config(TeachersTable, argv, description=__doc__)
+    table = collect(cfg)
+    order = [(m, model) for model in cfg.models for m in ("teacher", "teacher-icl", "teacher-lora")]
+    order.append(("finetune", cfg.reference))
+    rows = [{"method": m, "mode": MODES[m], "model": model, "cells": {t: cell(table[(m, model)].get(t, []))
+                                                                       for t in cfg.tasks}} for m, model in order]
+    atomic_write_json(RESULTS / f"{cfg.name}.json", run_metadata(cfg, seeds=cfg.seeds) | {"rows": rows})
+    lines = ["# Teachers: zero-shot, in-context and adapted, 32-shot", "",
+             "Main metric (accuracy; CoLA MCC x 100), mean ± std over seeds "
+             f"{' '.join(map(str, cfg.seeds))} (the zero-shot row does not depend on the seed: one run); n = "
+             "validation examples scored; ex/s = scoring speed of that run.", "",
+             "| model | mode | " + " | ".join(cfg.tasks) + " |", "|---|---|" + "---|" * len(cfg.tasks)]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['mode']} | " + " | ".join(fmt(r["cells"][t]) for t in cfg.tasks) + " |")
+    lines += ["", "Commands: `python -m retrikt.train --task T --method teacher-lora|teacher-icl|teacher --teacher M "
+              "--seeds 1 2 3 --out benchmarks/results/teachers/runs` (`--eval-limit N` where n is a prefix); "
+              "table: `python -m benchmarks.teachers`."]
+    atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Log set-up of the ``python -m`` entry points: retrikt's own loggers at INFO, everyone else's at WARNING.
+
+Third-party INFO lines are noise at best and alarming at worst: faiss's loader logs
+``ModuleNotFoundError("No module named 'faiss.swigfaiss_avx2'")`` at INFO on every machine without AVX2 wheels of it,
+although it then loads the generic build and works.
+"""
+from __future__ import annotations
+
+import logging
+
+OURS = ("retrikt", "benchmarks")
+FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: int = logging.INFO, fmt: str = FORMAT) -> None:
+    logging.basicConfig(level=logging.WARNING, format=fmt)
+    for name in OURS:
+        logging.getLogger(name).setLevel(level)
