@@ -8,8 +8,8 @@ import statistics
 from retrikt.init.arithmetic import merge
 from retrikt.tasks import get_task, load_split
 
-from benchmarks.arithmetic import (ArithmeticBench, encoder_module, load_state, module_state, pick, score,
-                                   validation)
+from benchmarks.arithmetic_common import (ArithmeticBench, encoder_module, load_state, module_state, pick, score,
+                                          validation)
 
 
 # ---- 1. distribution generalisation ------------------------------------------------------------------------

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from retrikt import models
-from retrikt.init.arithmetic import negate, seeded_peft_model
+from retrikt.init.adapters import seeded_peft_model
+from retrikt.init.arithmetic import negate
 from retrikt.init.port import peft_config_for
 from retrikt.student.encoder import EncoderClassifier
 from retrikt.student.trainer import FitConfig, fit, seed_everything
 from retrikt.tasks import get_task, load_split
 
-from benchmarks.arithmetic import PROMPTS, ArithmeticBench, score, validation
+from benchmarks.arithmetic_common import PROMPTS, ArithmeticBench, score, validation
 
 
 # ---- 3. unlearning by negation -----------------------------------------------------------------------------

@@ -47,17 +47,21 @@ def fmt_mean_std(values: list[float], scale: float = 100.0) -> str:
 
 def summarise(results: list[dict]) -> list[dict]:
     """One row per (method label, student): mean ± std of the main metric per task, plus size and speed."""
+    from retrikt.eval.baselines import collapsed
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    one_class: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     info: dict[tuple, dict] = {}
     for r in results:
         key = (r["method"] + (f"-{r['tag']}" if r.get("tag") else ""), r["student"])
         groups[key][r["task"]].append(r["main"])
+        one_class[key][r["task"]] += collapsed(r)
         i = info.setdefault(key, {"params": r.get("num_parameters"), "eps": []})
         i["eps"].append(r.get("examples_per_s") or 0.0)
     rows = []
     for key, per_task in groups.items():
         means = {t: statistics.fmean(v) for t, v in per_task.items()}
         rows.append({"method": key[0], "student": key[1], "per_task": dict(per_task),
+                     "one_class": {t: n for t, n in one_class[key].items() if n},
                      "average": statistics.fmean(means.values()), "num_parameters": info[key]["params"],
                      "examples_per_s": statistics.fmean(info[key]["eps"]),
                      "seeds": max(len(v) for v in per_task.values())})
@@ -79,12 +83,17 @@ def markdown_table(rows: list[dict], tasks: list[str]) -> str:
     lines = [head, sep]
     avgs = [task_average(r, tasks) for r in rows]
     order = sorted(range(len(rows)), key=lambda i: (avgs[i] is None, -(avgs[i] or 0.0)))
+    marked = False
     for i in order:
         r = rows[i]
-        cells = [fmt_mean_std(r["per_task"].get(t, [])) for t in tasks]
+        flags = r.get("one_class") or {}
+        cells = [fmt_mean_std(r["per_task"].get(t, [])) + (f" †{flags[t]}" if flags.get(t) else "") for t in tasks]
+        marked |= any(flags.get(t) for t in tasks)
         have = sum(bool(r["per_task"].get(t)) for t in tasks)
         avg = f"{avgs[i] * 100:.1f}" if avgs[i] is not None else f"– ({have}/{len(tasks)} tasks)"
         params = f"{r['num_parameters'] / 1e6:.1f}M" if r.get("num_parameters") else "–"
-        lines.append(f"| {r['method']} | {r['student']} | " + " | ".join(cells)
-                     + f" | {avg} | {params} | {r['examples_per_s']:.1f} |")
+        speed = f"{r['examples_per_s']:.1f}" if r.get("examples_per_s") else "–"
+        lines.append(f"| {r['method']} | {r['student']} | " + " | ".join(cells) + f" | {avg} | {params} | {speed} |")
+    if marked:
+        lines += ["", "†N: N runs of that cell predicted one class for at least 90% of the validation examples."]
     return "\n".join(lines)

@@ -1,22 +1,31 @@
-"""PEFT adapters on disk for module arithmetic: seeded creation, save / load with a retrikt sidecar, init checksums.
+"""PEFT adapter folders on disk: the one place that reads and writes them, and the PEFT facts both arithmetic
+(:mod:`retrikt.init.arithmetic`) and porting (:mod:`retrikt.init.port`) rely on.
 
 An adapter folder holds PEFT's ``adapter_config.json`` + ``adapter_model.safetensors``, a ``retrikt_adapter.json``
 sidecar (init seed and checksum, base model, PEFT type, task) and a manifest written last. A/B-space arithmetic
 needs modules trained from one shared initialisation; the sidecar's init checksum is how that is verified.
+
+A *module* (what porting moves between hosts) is an adapter folder plus the ``head.safetensors`` of the student it
+was trained in, under one manifest; the ``encoder/`` + ``head.safetensors`` layout of ``EncoderClassifier.save``
+is read too.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from retrikt.io import (MANIFEST, RetriktError, atomic_path, atomic_write_json, folder_lock, read_manifest,
                         sha256_file, write_manifest)
@@ -26,8 +35,34 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SIDECAR = "retrikt_adapter.json"
+HEAD_FILE = "head.safetensors"
 SCHEMA_VERSION = 1
-PEFT_TYPES = ("LORA", "IA3")
+# Short name (CLI / peft_config_for) -> PEFT's peft_type: every type a module folder may hold.
+PEFT_TYPES = {"lora": "LORA", "ia3": "IA3", "prefix": "PREFIX_TUNING", "prompt": "PROMPT_TUNING"}
+# Arithmetic needs weight deltas; prompt-learning modules have none.
+ARITHMETIC_PEFT_TYPES = ("LORA", "IA3")
+# Filled by PEFT from the host's config: cleared so that a different host re-derives them (and the shape check
+# then names the tensor that no longer fits instead of PEFT failing deep inside a forward pass).
+_HOST_FIELDS = ("num_layers", "token_dim", "num_attention_heads", "num_transformer_submodules")
+# PEFT's LoraConfig field defaults, which PEFT applies when adapter_config.json omits the field.
+_LORA_DEFAULTS = {"r": 8, "lora_alpha": 8}
+
+
+def lora_scaling(config: Mapping[str, Any], where: Any = "LoRA config") -> float:
+    """The scale ``s`` in PEFT's ``ΔW = s·B A`` for an ``adapter_config.json`` dict: ``lora_alpha / r``, or
+    ``lora_alpha / √r`` when ``use_rslora`` is set.
+
+    Only a field *absent* from the dict takes PEFT's LoraConfig default (``r=8``, ``lora_alpha=8``), as PEFT does
+    when it loads such a file; a field present with a value PEFT could not use (``r`` not a positive integer,
+    ``lora_alpha`` not a finite number, ``null`` included) raises :class:`RetriktError` naming ``where``.
+    ``rank_pattern`` / ``alpha_pattern`` are not applied: this is the config-wide scale.
+    """
+    r, alpha = (config[k] if k in config else default for k, default in _LORA_DEFAULTS.items())
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise RetriktError(f"{where}: LoRA rank r={r!r} is not a positive integer")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise RetriktError(f"{where}: lora_alpha={alpha!r} is not a finite number")
+    return alpha / (math.sqrt(r) if config.get("use_rslora") else r)
 
 
 def _kind(key: str) -> str:
@@ -51,6 +86,8 @@ def init_checksum(state_or_model: Any) -> str:
     return h.hexdigest()
 
 
+# ---- reading -----------------------------------------------------------------------------------------------
+
 @dataclass
 class Adapter:
     path: Path
@@ -60,23 +97,51 @@ class Adapter:
     sha256: str
 
 
-def load_adapter(path: str | os.PathLike) -> Adapter:
-    """Read a PEFT adapter folder (verifying its manifest when it has one) and its retrikt sidecar."""
-    path = Path(path)
-    cfg_path, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
-    if not cfg_path.exists():
-        raise RetriktError(f"{path}: no {CONFIG_FILE} (not a PEFT adapter folder)")
+@dataclass
+class Module:
+    """A module read from disk: PEFT config (dict), adapter tensors, head tensors (or None), sidecar."""
+    path: Path
+    config: dict
+    state: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor] | None
+    sidecar: dict
+
+    @property
+    def peft_type(self) -> str:
+        return str(self.config.get("peft_type"))
+
+    @property
+    def causal(self) -> bool:
+        return self.config.get("task_type") == "CAUSAL_LM"
+
+
+def _read_folder(folder: Path, manifest_dir: Path) -> tuple[dict, Path, dict | None]:
+    """(config, weights file, sidecar or None) of a PEFT adapter folder; ``manifest_dir``'s manifest is verified
+    first when it has one (a module's manifest sits above its ``encoder/`` adapter)."""
+    if not (folder / CONFIG_FILE).exists():
+        raise RetriktError(f"{folder}: no {CONFIG_FILE} (not a PEFT adapter folder)")
+    weights = folder / WEIGHTS_FILE
     if not weights.exists():
-        raise RetriktError(f"{path}: no {WEIGHTS_FILE} (pickled adapter_model.bin is not supported)")
-    if (path / MANIFEST).exists():
-        read_manifest(path, verify=True)
+        raise RetriktError(f"{folder}: no {WEIGHTS_FILE} (pickled adapter_model.bin is not supported)")
+    if (manifest_dir / MANIFEST).exists():
+        read_manifest(manifest_dir, verify=True)
     try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        sidecar = json.loads((path / SIDECAR).read_text(encoding="utf-8")) if (path / SIDECAR).exists() else None
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        side = folder / SIDECAR
+        sidecar = json.loads(side.read_text(encoding="utf-8")) if side.exists() else None
     except json.JSONDecodeError as e:
-        raise RetriktError(f"{path}: invalid JSON ({e})") from None
-    if config.get("peft_type") not in PEFT_TYPES:
-        raise RetriktError(f"{cfg_path}: peft_type {config.get('peft_type')!r} not supported; only {PEFT_TYPES}")
+        raise RetriktError(f"{folder}: invalid JSON ({e})") from None
+    return config, weights, sidecar
+
+
+def load_adapter(path: str | os.PathLike) -> Adapter:
+    """Read a PEFT adapter folder for arithmetic (verifying its manifest when it has one) and its sidecar."""
+    path = Path(path)
+    config, weights, sidecar = _read_folder(path, path)
+    cfg_path = path / CONFIG_FILE
+    if config.get("peft_type") not in ARITHMETIC_PEFT_TYPES:
+        raise RetriktError(f"{cfg_path}: peft_type {config.get('peft_type')!r} not supported; "
+                           f"only {ARITHMETIC_PEFT_TYPES}")
     bad = [o for o in ("use_dora", "lora_bias", "trainable_token_indices") if config.get(o)]
     bad += ["bias=" + config["bias"]] if config.get("bias", "none") != "none" else []
     if bad:
@@ -84,17 +149,51 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     return Adapter(path, config, load_file(str(weights)), sidecar, sha256_file(weights))
 
 
-def _write_adapter(out: Path, config: dict, state: dict[str, torch.Tensor], sidecar: dict) -> None:
-    """PEFT files first, manifest last: a crash leaves a folder that fails read_manifest, never a mixed one."""
-    with folder_lock(out):
-        (out / MANIFEST).unlink(missing_ok=True)
-        with atomic_path(out / WEIGHTS_FILE) as tmp:
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
-        atomic_write_json(out / CONFIG_FILE, config)
-        atomic_write_json(out / SIDECAR, sidecar)
-        write_manifest(out, {"schema_version": SCHEMA_VERSION, "kind": "peft_adapter",
-                             "peft_type": config["peft_type"]}, [CONFIG_FILE, WEIGHTS_FILE, SIDECAR])
+def _module_folder(path: Path) -> tuple[Path, Path | None]:
+    """(folder holding adapter_config.json, head file or None) for both module layouts."""
+    head = path / HEAD_FILE if (path / HEAD_FILE).exists() else None
+    if (path / CONFIG_FILE).exists():
+        return path, head
+    if (path / "encoder" / CONFIG_FILE).exists():
+        return path / "encoder", head
+    raise RetriktError(f"{path}: no {CONFIG_FILE} (neither a PEFT adapter folder nor a saved PEFT student)")
 
+
+def load_module(path: str | os.PathLike) -> Module:
+    """Read a module folder for porting, verifying its manifest when it has one."""
+    path = Path(path)
+    folder, head_file = _module_folder(path)
+    config, weights, sidecar = _read_folder(folder, path)
+    _check_portable(config, folder / CONFIG_FILE)
+    return Module(path, config, load_file(str(weights)), load_file(str(head_file)) if head_file else None,
+                  sidecar or {})
+
+
+def _check_portable(config: dict, where: Any) -> None:
+    ptype = config.get("peft_type")
+    if ptype not in PEFT_TYPES.values():
+        why = " (P-tuning: PEFT saves only its prompt encoder's output)" if ptype == "P_TUNING" else ""
+        raise RetriktError(f"{where}: peft_type {ptype!r} cannot be ported{why}; supported: "
+                           f"{', '.join(PEFT_TYPES.values())}")
+    if ptype == "PREFIX_TUNING" and config.get("prefix_projection"):
+        raise RetriktError(f"{where}: prefix tuning with prefix_projection=True cannot be ported: PEFT saves only "
+                           "the projection's output, not the projection")
+
+
+def peft_config_of(module: Module) -> Any:
+    """The module's PEFT config object, ready for ``get_peft_model`` on a (possibly different) host."""
+    from peft import PeftConfig
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    data = {k: v for k, v in module.config.items() if k not in _HOST_FIELDS}
+    cls = PEFT_TYPE_TO_CONFIG_MAPPING[module.peft_type]
+    known = {f.name for f in dataclasses.fields(cls)}
+    config: PeftConfig = cls(**{k: v for k, v in data.items() if k in known})
+    config.inference_mode = False
+    config.base_model_name_or_path = None   # the new host's own name is filled in; the source is in the sidecar
+    return config
+
+
+# ---- creating and writing ----------------------------------------------------------------------------------
 
 def lora_config_for(model, r: int, alpha: int, causal: bool):
     """LoRA on a causal LM's seven projections (what the parametric method transfers into, so the two differ only in
@@ -118,6 +217,18 @@ def seeded_peft_model(model: torch.nn.Module, peft_config: Any, init_seed: int) 
         peft_model = get_peft_model(model, peft_config)
     peft_model.retrikt_init = {"init_seed": init_seed, "init_sha256": init_checksum(peft_model)}
     return peft_model
+
+
+def _write_adapter(out: Path, config: dict, state: dict[str, torch.Tensor], sidecar: dict) -> None:
+    """PEFT files first, manifest last: a crash leaves a folder that fails read_manifest, never a mixed one."""
+    with folder_lock(out):
+        (out / MANIFEST).unlink(missing_ok=True)
+        with atomic_path(out / WEIGHTS_FILE) as tmp:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
+        atomic_write_json(out / CONFIG_FILE, config)
+        atomic_write_json(out / SIDECAR, sidecar)
+        write_manifest(out, {"schema_version": SCHEMA_VERSION, "kind": "peft_adapter",
+                             "peft_type": config["peft_type"]}, [CONFIG_FILE, WEIGHTS_FILE, SIDECAR])
 
 
 def save_adapter(peft_model: Any, folder: str | os.PathLike, init_seed: int | None = None,
@@ -149,4 +260,25 @@ def save_adapter(peft_model: Any, folder: str | os.PathLike, init_seed: int | No
             "extra": extra or {}})
         write_manifest(folder, {"schema_version": SCHEMA_VERSION, "kind": "peft_adapter"},
                        [CONFIG_FILE, WEIGHTS_FILE, SIDECAR])
+    return folder
+
+
+def save_module(student: nn.Module, folder: str | os.PathLike, init_seed: int | None = None,
+                task: str | None = None, extra: dict | None = None) -> Path:
+    """Save a PEFT-wrapped student's module: PEFT adapter (+ sidecar) and its head, under one manifest."""
+    folder = Path(folder)
+    from peft import PeftModel
+    peft_model = student if isinstance(student, PeftModel) else (getattr(student, "encoder", None)
+                                                                 or getattr(student, "model", None))
+    if peft_model is None or not hasattr(peft_model, "peft_config"):
+        raise RetriktError(f"{folder}: the student carries no PEFT module to save")
+    save_adapter(peft_model, folder, init_seed=init_seed, extra=extra, task=task)
+    files = [CONFIG_FILE, WEIGHTS_FILE, SIDECAR]
+    with folder_lock(folder):
+        head = getattr(student, "head", None)
+        if isinstance(head, nn.Linear):
+            with atomic_path(folder / HEAD_FILE) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp))
+            files.append(HEAD_FILE)
+        write_manifest(folder, {"schema_version": SCHEMA_VERSION, "kind": "peft_module"}, files)
     return folder

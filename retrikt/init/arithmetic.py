@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -46,13 +45,15 @@ import torch
 from safetensors.torch import load_file
 
 from retrikt.config import arg
-from retrikt.init.adapters import (CONFIG_FILE, PEFT_TYPES, SCHEMA_VERSION, SIDECAR, WEIGHTS_FILE, Adapter, _kind,
-                                   _write_adapter, init_checksum, load_adapter, save_adapter, seeded_peft_model)
+from retrikt.init.adapters import (ARITHMETIC_PEFT_TYPES, CONFIG_FILE, SCHEMA_VERSION, SIDECAR, WEIGHTS_FILE, Adapter,
+                                   _kind, _write_adapter, init_checksum, load_adapter, lora_scaling, save_adapter,
+                                   seeded_peft_model)
 from retrikt.io import RetriktError, sha256_file
 
-__all__ = ["CONFIG_FILE", "PEFT_TYPES", "SCHEMA_VERSION", "SIDECAR", "WEIGHTS_FILE", "Adapter", "ArithmeticConfig",
-           "analogy", "compose_adapters", "init_arithmetic", "init_checksum", "load_adapter", "merge", "negate",
-           "save_adapter", "seeded_peft_model"]
+# Adapter I/O lives in retrikt.init.adapters; its names are re-exported because callers and tests import them here.
+__all__ = ["ARITHMETIC_PEFT_TYPES", "CONFIG_FILE", "SCHEMA_VERSION", "SIDECAR", "WEIGHTS_FILE", "Adapter",
+           "ArithmeticConfig", "analogy", "compose_adapters", "init_arithmetic", "init_checksum", "load_adapter",
+           "lora_scaling", "merge", "negate", "save_adapter", "seeded_peft_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def _check_soft(adapters: list[Adapter], space: str, force: bool) -> None:
         for a in adapters:
             if not a.sidecar or a.sidecar.get("init_sha256") is None:
                 problems.append(f"{a.path}: no init checksum in {SIDECAR}, so a shared initialisation cannot be "
-                                "verified (save adapters with retrikt.init.arithmetic.save_adapter)")
+                                "verified (save adapters with retrikt.init.adapters.save_adapter)")
         inits = {(a.sidecar.get("init_seed"), a.sidecar.get("init_sha256")) for a in adapters if a.sidecar}
         if len(inits) > 1:
             problems.append("init seeds / init checksums differ: " + "; ".join(
@@ -242,11 +243,6 @@ def _check_soft(adapters: list[Adapter], space: str, force: bool) -> None:
                                                  "space='cat' for an exact ΔW-space sum")
     for p in problems:
         logger.warning("composing despite: %s", p)
-
-
-def _lora_scaling(cfg: dict) -> float:
-    r = cfg["r"]
-    return cfg["lora_alpha"] / (math.sqrt(r) if cfg.get("use_rslora") else r)
 
 
 def _head_choice(cfg: ArithmeticConfig) -> str | int:
@@ -282,7 +278,7 @@ def _validate(cfg: ArithmeticConfig) -> None:
 
 def _apply(cfg: ArithmeticConfig, adapters: list[Adapter], head: str | int) -> dict[str, torch.Tensor]:
     ptype = adapters[0].config["peft_type"]
-    scalings = [_lora_scaling(a.config) for a in adapters] if ptype == "LORA" else None
+    scalings = [lora_scaling(a.config, a.path) for a in adapters] if ptype == "LORA" else None
     states = [a.state for a in adapters]
     if cfg.op == "negate":
         return negate(states[0], ptype, cfg.lam, head="keep" if head in ("merge", 0) else head)

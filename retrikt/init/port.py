@@ -18,42 +18,33 @@ The classification head follows the condition, because a module without its head
 it is carried over in ``ported``, freshly initialised (``nn.Linear`` default, seeded) in ``scratch`` and sampled
 per tensor in ``sampled``. Heads inside the adapter (``modules_to_save``) follow the same rule automatically.
 
-On disk a module is a PEFT adapter folder (``retrikt.init.arithmetic.save_adapter``: adapter_config.json,
-adapter_model.safetensors, retrikt_adapter.json) plus ``head.safetensors``, all listed in one manifest. The
-layout of ``EncoderClassifier.save`` (``encoder/`` adapter + ``head.safetensors``) is read too.
+On disk a module is a PEFT adapter folder plus ``head.safetensors`` under one manifest; reading and writing it
+(``load_module`` / ``save_module``) is :mod:`retrikt.init.adapters`' job.
 
 P-tuning and prefix tuning with ``prefix_projection`` are refused: PEFT saves only the output of their prompt
 encoder, so the module on disk cannot be trained further the way it was trained on its first host.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from retrikt.config import arg
-from retrikt.init.arithmetic import init_checksum, save_adapter, seeded_peft_model
-from retrikt.init.port_align import _lora_scaling, align_lora
-from retrikt.io import MANIFEST, RetriktError, atomic_path, folder_lock, read_manifest, write_manifest
+from retrikt.init.adapters import (PEFT_TYPES, Module, init_checksum, load_module, lora_scaling, peft_config_of,
+                                   seeded_peft_model)
+from retrikt.init.adapters import save_module  # noqa: F401  (re-exported: retrikt.port and tests import it here)
+from retrikt.init.port_align import align_lora
+from retrikt.io import RetriktError
 from retrikt.student.encoder import EncoderClassifier, mean_pool
 
 logger = logging.getLogger(__name__)
 
 CONDITIONS = ("ported", "scratch", "sampled")
-PEFT_TYPES = {"lora": "LORA", "ia3": "IA3", "prefix": "PREFIX_TUNING", "prompt": "PROMPT_TUNING"}
-HEAD_FILE = "head.safetensors"
-_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "retrikt_adapter.json")
-# Filled by PEFT from the host's config: cleared so that a different host re-derives them (and the shape check
-# then names the tensor that no longer fits instead of PEFT failing deep inside a forward pass).
-_HOST_FIELDS = ("num_layers", "token_dim", "num_attention_heads", "num_transformer_submodules")
 
 
 @dataclass
@@ -71,101 +62,7 @@ class PortConfig:
                                help="align=blocks: keep the source layers with the largest update norm, or random")
 
 
-@dataclass
-class Module:
-    """A module read from disk: PEFT config (dict), adapter tensors, head tensors (or None), sidecar."""
-    path: Path
-    config: dict
-    state: dict[str, torch.Tensor]
-    head: dict[str, torch.Tensor] | None
-    sidecar: dict
-
-    @property
-    def peft_type(self) -> str:
-        return str(self.config.get("peft_type"))
-
-    @property
-    def causal(self) -> bool:
-        return self.config.get("task_type") == "CAUSAL_LM"
-
-
-# ---- reading and writing modules ---------------------------------------------------------------------------
-
-def _adapter_folder(path: Path) -> tuple[Path, Path | None]:
-    """(folder holding adapter_config.json, head file or None) for both module layouts."""
-    if (path / "adapter_config.json").exists():
-        return path, (path / HEAD_FILE if (path / HEAD_FILE).exists() else None)
-    if (path / "encoder" / "adapter_config.json").exists():
-        return path / "encoder", (path / HEAD_FILE if (path / HEAD_FILE).exists() else None)
-    raise RetriktError(f"{path}: no adapter_config.json (neither a PEFT adapter folder nor a saved PEFT student)")
-
-
-def load_module(path: str | os.PathLike) -> Module:
-    """Read a module folder, verifying its manifest when it has one."""
-    path = Path(path)
-    folder, head_file = _adapter_folder(path)
-    if (path / MANIFEST).exists():
-        read_manifest(path, verify=True)
-    weights = folder / "adapter_model.safetensors"
-    if not weights.exists():
-        raise RetriktError(f"{folder}: no adapter_model.safetensors (pickled adapter_model.bin is not supported)")
-    try:
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-        side_path = folder / "retrikt_adapter.json"
-        sidecar = json.loads(side_path.read_text(encoding="utf-8")) if side_path.exists() else {}
-    except json.JSONDecodeError as e:
-        raise RetriktError(f"{folder}: invalid JSON ({e})") from None
-    module = Module(path, config, load_file(str(weights)), load_file(str(head_file)) if head_file else None, sidecar)
-    _check_supported(module.config, folder / "adapter_config.json")
-    return module
-
-
-def _check_supported(config: dict, where: Any) -> None:
-    ptype = config.get("peft_type")
-    if ptype not in PEFT_TYPES.values():
-        why = " (P-tuning: PEFT saves only its prompt encoder's output)" if ptype == "P_TUNING" else ""
-        raise RetriktError(f"{where}: peft_type {ptype!r} cannot be ported{why}; supported: "
-                           f"{', '.join(PEFT_TYPES.values())}")
-    if ptype == "PREFIX_TUNING" and config.get("prefix_projection"):
-        raise RetriktError(f"{where}: prefix tuning with prefix_projection=True cannot be ported: PEFT saves only "
-                           "the projection's output, not the projection")
-
-
-def save_module(student: nn.Module, folder: str | os.PathLike, init_seed: int | None = None,
-                task: str | None = None, extra: dict | None = None) -> Path:
-    """Save a PEFT-wrapped student's module: PEFT adapter (+ sidecar) and its head, under one manifest."""
-    folder = Path(folder)
-    from peft import PeftModel
-    peft_model = student if isinstance(student, PeftModel) else (getattr(student, "encoder", None)
-                                                                 or getattr(student, "model", None))
-    if peft_model is None or not hasattr(peft_model, "peft_config"):
-        raise RetriktError(f"{folder}: the student carries no PEFT module to save")
-    save_adapter(peft_model, folder, init_seed=init_seed, extra=extra, task=task)
-    files = list(_ADAPTER_FILES)
-    with folder_lock(folder):
-        head = getattr(student, "head", None)
-        if isinstance(head, nn.Linear):
-            with atomic_path(folder / HEAD_FILE) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp))
-            files.append(HEAD_FILE)
-        write_manifest(folder, {"schema_version": 1, "kind": "peft_module"}, files)
-    return folder
-
-
 # ---- the three conditions ----------------------------------------------------------------------------------
-
-def peft_config_of(module: Module) -> Any:
-    """The module's PEFT config object, ready for ``get_peft_model`` on a (possibly different) host."""
-    from peft import PeftConfig
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-    data = {k: v for k, v in module.config.items() if k not in _HOST_FIELDS}
-    cls = PEFT_TYPE_TO_CONFIG_MAPPING[module.peft_type]
-    known = {f.name for f in dataclasses.fields(cls)}
-    config: PeftConfig = cls(**{k: v for k, v in data.items() if k in known})
-    config.inference_mode = False
-    config.base_model_name_or_path = None   # the new host's own name is filled in; the source is in the sidecar
-    return config
-
 
 def sampled_like(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """Each tensor replaced by i.i.d. N(mean, std) draws of its own mean and (unbiased) std."""
@@ -219,7 +116,8 @@ def ported_state(module: Module, peft_model: Any, host: str, align: str = "none"
     if align == "blocks":
         if module.peft_type != "LORA":
             raise RetriktError(f"{module.path}: align='blocks' needs a LoRA module, this one is {module.peft_type}")
-        state, provenance = align_lora(module.state, expected, _lora_scaling(module.config), layer_selection, seed)
+        state, provenance = align_lora(module.state, expected, lora_scaling(module.config, module.path),
+                                       layer_selection, seed)
     else:
         state, provenance = module.state, {}
     _check_shapes(state, expected, host)

@@ -17,11 +17,6 @@ from retrikt.io import RetriktError
 _LAYER_KEY = re.compile(r"^.*?\.(?:layers|layer|h|blocks)\.(?P<i>\d+)\.(?P<mod>.+)\.lora_(?P<ab>[AB])\.weight$")
 
 
-def _lora_scaling(config: dict) -> float:
-    alpha, r = config.get("lora_alpha", 8), config.get("r", 8)
-    return alpha / (r ** 0.5 if config.get("use_rslora") else r)
-
-
 def _by_layer(state: dict[str, torch.Tensor]) -> tuple[dict[int, dict[str, dict[str, str]]], list[str]]:
     """{layer: {module path: {"A": key, "B": key}}} of LoRA keys, and the keys that are not per-layer LoRA."""
     layers: dict[int, dict[str, dict[str, str]]] = {}
@@ -38,6 +33,9 @@ def _by_layer(state: dict[str, torch.Tensor]) -> tuple[dict[int, dict[str, dict[
 def align_lora(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], scaling: float = 1.0,
                layer_selection: str = "sensitivity", seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     """A LoRA module of a bigger host cut down to a smaller host's shapes: (state, provenance).
+
+    ``scaling`` is the module's ``s`` in ``ΔW = s·B A`` (:func:`retrikt.init.adapters.lora_scaling`); it ranks
+    layers by update norm only, the cut tensors are not rescaled.
 
     Student layer j takes source layer ``keep[j]`` (the source layers with the largest ``Σ‖ΔW‖²``, in depth
     order); each target matrix takes the block of ``ΔW`` of its shape with the largest ``|ΔW|`` sum.
