@@ -65,8 +65,12 @@ def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict | None:
               "train_examples": len(train), "train_seconds": train_seconds, **extra, **res,
               **run_metadata(cfg, seeds=cfg.seeds)}
     path = save_result(cfg.out, record)
-    if cfg.save_student and hasattr(student, "save"):
-        student.save(path.with_suffix(""), meta={"base": cfg.student, "method": cfg.method, "seed": seed})
+    if cfg.save_student:
+        if not hasattr(student, "save"):
+            raise RetriktError(f"--save-student: a {type(student).__name__} student ({cfg.method}) cannot be saved; "
+                               f"its results are in {path}")
+        base = record["student"]  # the teacher methods' "student" is the teacher model
+        student.save(path.with_suffix(""), meta={"base": base, "method": cfg.method, "seed": seed})
     return record
 
 

@@ -18,7 +18,11 @@ from retrikt.logs import setup_logging
 def load_saved(folder: Path, task, base: str | None, store: str | None):
     if not (folder / "student.json").exists():
         raise RetriktError(f"{folder}: no student.json (save one with python -m retrikt.train --save-student)")
-    base = base or json.loads((folder / "student.json").read_text()).get("base")
+    info = json.loads((folder / "student.json").read_text())
+    base = base or info.get("base")
+    if info.get("kind") == "lm":
+        from retrikt.teacher.lm import load_lm_student
+        return load_lm_student(folder, task, base=base)
     if (folder / "retrieval.json").exists():
         from retrikt.student.retrieval import load_retrieval_student
         return load_retrieval_student(folder, task, base=base, store_path=store)

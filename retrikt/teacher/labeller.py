@@ -33,7 +33,9 @@ def make_labeller(kind: str, model_name: str, task, kshot: list[dict], seed: int
     if kind == "adapted":
         lm, tok, extra = adapted_teacher(model_name, task, kshot, seed, adapt or AdaptConfig(), device=device)
         # trained on the task's labels: no content-free prior to divide out
-        return LMClassifier(lm, tok, task, max_length=(adapt or AdaptConfig()).adapt_max_length), info | extra
+        clf = LMClassifier(lm, tok, task, max_length=(adapt or AdaptConfig()).adapt_max_length)
+        clf.adapter_dir = extra["adapter"]  # merged into the weights: saving the student copies this folder
+        return clf, info | extra
     if model is None:
         model, tokenizer = models.load_causal_lm(model_name, device=device)
     chosen = pick_demos(kshot, demos, seed) if kind == "icl" else []

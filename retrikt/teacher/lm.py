@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -204,6 +205,43 @@ class LMClassifier(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    def save(self, folder: str | Path, meta: dict | None = None) -> None:
+        """``student.json`` (kind lm, demonstrations, calibration) plus the LM's adapter in PEFT format: the model's
+        own (a PEFT-wrapped student) or the folder of the adapter merged into it (``adapter_dir``, adapted teacher).
+        A bare LM saves no weights: the base name in ``meta`` is all it needs."""
+        import shutil
+
+        from retrikt.io import atomic_write_json
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        adapter = None
+        if hasattr(self.model, "peft_config"):
+            from retrikt.init.adapters import save_adapter
+            adapter = save_adapter(self.model, folder / "adapter", task=self.task.name)
+        elif getattr(self, "adapter_dir", None):
+            adapter = folder / "adapter"
+            shutil.copytree(self.adapter_dir, adapter, dirs_exist_ok=True)
+        atomic_write_json(folder / "student.json", {
+            "kind": "lm", "task": self.task.name, "max_length": self.max_length, "length_norm": self.length_norm,
+            "calibrate": self.calibrate, "demos": self.demos, "adapter": adapter is not None, **(meta or {})})
+
+
+def load_lm_student(folder: str | Path, task, base: str | None = None, device=None) -> LMClassifier:
+    """Reload an LM student written by :meth:`LMClassifier.save` (its adapter merged into the base model)."""
+    import json
+
+    from retrikt import models
+    folder = Path(folder)
+    info = json.loads((folder / "student.json").read_text(encoding="utf-8"))
+    if info.get("task") not in (None, task.name):
+        raise RetriktError(f"{folder}: a {info['task']} student cannot score {task.name}")
+    model, tok = models.load_causal_lm(base or info["base"], device=device)
+    if info.get("adapter"):
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, str(folder / "adapter")).merge_and_unload()
+    return LMClassifier(model.eval(), tok, task, demos=info.get("demos"), max_length=info["max_length"],
+                        length_norm=info.get("length_norm"), calibrate=info.get("calibrate", "none"))
 
 
 def length_batches(lengths: list[int], batch_size: int, slack: float = 0.25) -> list[list[int]]:
