@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from retrikt.progress import progress
 
 from retrikt.config import arg
 from retrikt.io import RetriktError, append_jsonl, atomic_path, read_jsonl
+from retrikt.progress import progress
 from retrikt.teacher.softprompt import ResponseBatch, SoftPromptGenerator
 
 logger = logging.getLogger(__name__)
