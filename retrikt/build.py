@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     s = m.get("stats", {})
     print(f"store {path}: {m['counts']['entries'] if 'counts' in m else '?'} entries; "
           f"parse rate {s.get('parse_rate', 0):.2f}, keep rate {s.get('keep_rate', 0):.2f}, "
-          f"teacher agreement {s.get('agreement', 0):.2f}, {s.get('tokens_per_s', 0):.1f} generated tokens/s")
+          f"teacher agreement {s.get('agreement', 0):.2f}, {s.get('tokens_per_s', 0):.1f} generated tokens/s; "
+          f"filters caught {s.get('unfinished', 0)} unfinished, {s.get('label_words', 0)} naming their label, "
+          f"{s.get('disagree', 0)} disagreeing with the labeller")
     return 0
 
 

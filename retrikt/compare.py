@@ -6,7 +6,8 @@
     python -m retrikt.compare --report-only  # the table and plots from the runs already there; runs nothing
 
 Resumable: a (method, task, seed) whose results file exists is not recomputed; stores are built (or resumed) once per
-task. Methods that are not available are listed as missing, never silently skipped.
+(task, seed), each from that seed's k-shot set, so the kd / retrikt runs of a seed stay k-shot. Methods that are not
+available are listed as missing, never silently skipped.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from retrikt.config import arg, parse_config
 from retrikt.eval import load_results, markdown_table, summarise
 from retrikt.eval.results import run_name
 from retrikt.io import RetriktError, atomic_write_text, run_metadata
+from retrikt.logs import setup_logging
 
 logger = logging.getLogger("retrikt.compare")
 
@@ -72,7 +74,8 @@ class CompareConfig:
     eval_limit: int = arg(0, help="score only the first N validation examples (0 = all)")
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
     out: str = arg("benchmarks/results/compare", help="results folder (runs/, results.jsonl, table.md, *.png)")
-    stores: str = arg("stores", help="folder holding one store per task (built when missing)")
+    stores: str = arg("stores", help="folder holding one store per task and seed, <task>-<teacher>-s<seed> (built "
+                                     "when missing)")
     report_only: bool = arg(False, help="run nothing: write the table and plots from the runs already in --out, "
                                         "listing every (method, task) that lacks seeds")
 
@@ -92,7 +95,7 @@ def train_config(cfg: CompareConfig, method: str, task: str, seed: int):
                        out=str(Path(cfg.out) / "runs"), epochs=cfg.lm_epochs if lm else cfg.epochs,
                        eval_limit=cfg.eval_limit,
                        max_length=cfg.lm_max_length if lm else cfg.max_length,
-                       store=str(store_path(cfg, task)) if method in STORE_METHODS else None, **extra)
+                       store=str(store_path(cfg, task, seed)) if method in STORE_METHODS else None, **extra)
 
 
 def lora_adapter(cfg: CompareConfig, task: str, seed: int) -> Path:
@@ -105,18 +108,23 @@ def source_adapters(cfg: CompareConfig, task: str, seed: int) -> list[Path]:
     return [lora_adapter(cfg, t, seed) for t in cfg.tasks if t != task]
 
 
-def store_path(cfg: CompareConfig, task: str) -> Path:
-    return Path(cfg.stores) / f"{task}-{cfg.teacher.replace('/', '_')}{'-smoke' if cfg.preset == 'smoke' else ''}"
+def store_path(cfg: CompareConfig, task: str, seed: int) -> Path:
+    """The store of ``task`` built from ``seed``'s k-shot set: a student of another seed would learn from the
+    knowledge of training examples outside its own k-shot set."""
+    smoke = "-smoke" if cfg.preset == "smoke" else ""
+    return Path(cfg.stores) / f"{task}-{cfg.teacher.replace('/', '_')}-s{seed}{smoke}"
 
 
-def ensure_store(cfg: CompareConfig, task: str) -> Path:
-    from retrikt.store.build import BuildConfig, build_store
-    path = store_path(cfg, task)
+def ensure_store(cfg: CompareConfig, task: str, seed: int) -> Path:
+    from retrikt.store.build import SMOKE, BuildConfig, build_store
+    path = store_path(cfg, task, seed)
     if (path / "manifest.json").exists():
         return path
+    # random tiny models never end a sample and agree with the conditioned label by chance only
+    smoke = {k: SMOKE[k] for k in ("keep_unfinished", "min_agreement")} if cfg.preset == "smoke" else {}
     return build_store(BuildConfig(task=task, teacher=cfg.teacher, embedder=cfg.embedder, out=str(path),
-                                   per_label=cfg.per_label, shots=cfg.shots, seed=1, data_dir=cfg.data_dir,
-                                   max_new_tokens=cfg.max_new_tokens, prompt_epochs=cfg.prompt_epochs))
+                                   per_label=cfg.per_label, shots=cfg.shots, seed=seed, data_dir=cfg.data_dir,
+                                   max_new_tokens=cfg.max_new_tokens, prompt_epochs=cfg.prompt_epochs, **smoke))
 
 
 def result_file(cfg: CompareConfig, tc) -> Path:
@@ -133,6 +141,11 @@ def _done(cfg: CompareConfig, tc) -> bool:
     if tc.method == "lora":  # a lora result without its saved module (an older run) cannot feed arithmetic: redo it
         return (lora_adapter(cfg, tc.task, tc.seeds[0]) / "adapter_config.json").exists()
     recorded = json.loads(path.read_text()).get("config", {})
+    if tc.method in STORE_METHODS and recorded.get("store") != tc.store:
+        # trained on another store (before stores were per seed: the seed-1 store for every seed)
+        logger.info("%s %s seed %d used store %s, the grid now uses %s: redoing it", tc.task, tc.method,
+                    tc.seeds[0], recorded.get("store"), tc.store)
+        return False
     if tc.method == "arithmetic" and recorded.get("adapters") != list(tc.adapters):
         # merged from another set of tasks (the grid grew): its init is not this grid's
         logger.info("%s arithmetic seed %d merged %s, the grid now merges %s: redoing it",
@@ -180,7 +193,7 @@ def run_grid(cfg: CompareConfig) -> dict[str, str]:
             continue
         try:
             if method in STORE_METHODS:
-                ensure_store(cfg, task_name)
+                ensure_store(cfg, task_name, seed)
             r = run_one(tc, task, pool, seed)
             print(f"{task_name:8s} {method:12s} seed {seed}: {r['main'] * 100:.1f}", flush=True)
         except RetriktError as e:
@@ -244,7 +257,7 @@ def regenerate_command(cfg: CompareConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--smoke" in argv:  # --smoke is the smoke preset
         argv = [a for a in argv if a != "--smoke"] + ["--preset", "smoke"]

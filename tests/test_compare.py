@@ -165,3 +165,46 @@ def test_report_only_runs_nothing_and_lists_the_seeds_without_results(tmp_path, 
     assert "- finetune on cb: seeds 3" in table
     assert "teacher on cb" not in table               # deterministic: its one run covers every seed
     assert "--report-only" not in table               # the regenerate command reruns the grid
+
+
+def test_kd_and_retrikt_runs_of_a_seed_use_the_store_built_from_that_seed():
+    cfg = compare.CompareConfig(stores="st")
+    assert compare.train_config(cfg, "kd", "cb", 2).store == "st/cb-qwen-0.5b-s2"
+    assert compare.train_config(cfg, "retrikt", "rte", 3).store == "st/rte-qwen-0.5b-s3"
+    assert compare.train_config(cfg, "finetune", "rte", 3).store is None
+    smoke = compare.CompareConfig(stores="st", preset="smoke", teacher="tiny-causal")
+    assert compare.store_path(smoke, "cb", 1) == compare.Path("st/cb-tiny-causal-s1-smoke")
+
+
+def test_two_seeds_build_two_stores_and_each_seeds_runs_use_their_own(tmp_path, monkeypatch):
+    import json
+
+    from retrikt.teacher.softprompt import SoftPromptGenerator
+    from tests.store.test_build import _fake_generate
+    monkeypatch.setattr(SoftPromptGenerator, "generate", _fake_generate)  # parseable samples from the tiny teacher
+    args = _args(tmp_path)
+    i = args.index("--methods")
+    args[i + 1:i + 3] = ["kd", "retrikt"]
+    assert compare.main(args) == 0
+    stores, runs = tmp_path / "stores", tmp_path / "cmp" / "runs"
+    manifests = {s: json.loads((stores / f"cb-tiny-causal-s{s}-smoke" / "manifest.json").read_text()) for s in (1, 2)}
+    assert [manifests[s]["seed"] for s in (1, 2)] == [1, 2] and manifests[1]["kshot_idx"] != manifests[2]["kshot_idx"]
+    for seed in (1, 2):
+        for method in ("kd", "retrikt"):
+            r = json.loads((runs / f"cb__{method}__tiny-encoder__seed{seed}.json").read_text())
+            assert r["store"] == str(stores / f"cb-tiny-causal-s{seed}-smoke") and r["store_seed"] == seed
+    assert "Missing" not in (tmp_path / "cmp" / "table.md").read_text()
+    # a result trained on another store (as every seed was on the seed-1 store before) is redone, the rest kept
+    path = runs / "cb__kd__tiny-encoder__seed2.json"
+    r = json.loads(path.read_text())
+    r["config"]["store"] = str(stores / "cb-tiny-causal-smoke")
+    path.write_text(json.dumps(r))
+    real, seen = retrikt.train.run_one, []
+
+    def spy(cfg, task, pool, seed):
+        seen.append((cfg.method, seed))
+        return real(cfg, task, pool, seed)
+
+    monkeypatch.setattr(retrikt.train, "run_one", spy)
+    assert compare.main(args) == 0
+    assert seen == [("kd", 2)]

@@ -1,4 +1,6 @@
-"""Build a knowledge store: soft prompt -> generate -> parse -> filter -> teacher-label -> embed -> FAISS store.
+"""Build a knowledge store: soft prompt -> generate -> parse -> filter -> embed -> teacher-label -> agreement filter ->
+FAISS store. ``--source oracle`` builds a reference store instead: training inputs (minus the seed's k-shot examples)
+through the same filter / label / embed / write path, with no prompt tuning or generation.
 
 Every stage that costs minutes is checkpointed in the output folder, so an interrupted build re-run with the same
 command continues from its last finished batch: the tuned prompt (``prompt/``, ``prompt-rl/``), each rank's shard
@@ -10,22 +12,24 @@ the index, the manifest); see :mod:`retrikt.store.shard`. ``accelerate launch`` 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
 
 from retrikt import models
 from retrikt.config import arg
 from retrikt.io import RetriktError, append_jsonl
-from retrikt.store.samples import (condition, embed_text, embed_texts, embedding_dim, example_key, parse,
-                                    target, task_text)
+from retrikt.progress import progress
+from retrikt.store.filters import Filter, agreement, label_entries, summarise_log
+from retrikt.store.oracle import oracle_draw, oracle_inputs
+from retrikt.store.samples import condition, embedding_dim, example_key, target, task_text
 from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
 from retrikt.tasks import get_task, load_split, sample_few_shot
 from retrikt.teacher.adapted import AdaptConfig, adapt_config
@@ -47,7 +51,22 @@ class BuildConfig(AdaptConfig):
                                                 "tokenizer may differ from the generator's")
     embedder: str = arg("minilm-l6", help="sentence-transformers model that embeds store entries")
     out: str | None = arg(None, help="store folder (default stores/<task>-<teacher>)")
-    per_label: int = arg(200, help="samples generated per label (before filtering)")
+    per_label: int = arg(200, help="samples generated per label (before filtering); --label-mix kshot spreads "
+                                   "per_label x labels in all over the labels")
+    source: str = arg("generated", help="what the store holds: generated (soft-prompted teacher samples) | oracle (a "
+                                        "reference store: training inputs other than the seed's k-shot examples, "
+                                        "labelled by the same labeller; no generation)",
+                      choices=["generated", "oracle"])
+    label_mix: str = arg("kshot", help="samples per label: kshot (in proportion to the k-shot set's label counts, "
+                                       "each label it holds at least one batch) | uniform (per_label each)",
+                         choices=["kshot", "uniform"])
+    keep_unfinished: bool = arg(False, help="keep samples cut off before end-of-sequence (by --max-new-tokens or "
+                                            "--batch-timeout); dropped by default, counted as unfinished")
+    drop_label_words: bool = arg(True, help="drop a sample whose text names its own conditioned label (its name, or "
+                                            "its verbaliser unless that is yes / no / maybe / true / false); counted "
+                                            "as label_words either way")
+    min_agreement: float = arg(0.5, help="keep a sample only when the labeller's argmax is its conditioned label with "
+                                         "at least this probability; 0 keeps all (counted as disagree either way)")
     shots: int = arg(32, help="k-shot examples the soft prompt is tuned on (same sampling as retrikt.train)")
     seed: int = arg(1, help="seed of the k-shot sample and of generation")
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
@@ -59,7 +78,8 @@ class BuildConfig(AdaptConfig):
     prompt_batch_size: int = arg(8, help="pairs per prompt-tuning step")
     temperature: float = arg(1.0, help="sampling temperature")
     top_p: float = arg(0.9, help="nucleus sampling threshold")
-    max_new_tokens: int = arg(128, help="longest generated sample, in tokens")
+    max_new_tokens: int = arg(128, help="longest generated sample, in tokens; 0 = auto: 1.5 x the longest k-shot "
+                                        "target in teacher tokens, plus 8")
     batch_size: int = arg(8, help="generation batch size (left-padded, KV cache)")
     batch_timeout: float = arg(600.0, help="wall-clock seconds allowed per generation batch")
     dedup_threshold: float = arg(0.95, help="drop a sample whose embedding cosine to a kept one is above this")
@@ -89,7 +109,10 @@ class BuildConfig(AdaptConfig):
 
 SMOKE = {"teacher": "tiny-causal", "embedder": "tiny-encoder", "per_label": 8, "shots": 8, "prompt_epochs": 2,
          "max_new_tokens": 24, "batch_size": 8, "label_demos": 1, "rl_steps": 2, "rl_batch": 4, "parse_mode": "lenient",
-         "dedup_threshold": 0.9999}  # random tiny embeddings are all close: only drop true duplicates
+         "dedup_threshold": 0.9999,  # random tiny embeddings are all close: only drop true duplicates
+         # a random generator rarely ends a sample and a random labeller agrees by chance: keep them, or no smoke
+         # store would have entries
+         "keep_unfinished": True, "min_agreement": 0.0}
 
 
 def prompt_key(cfg: BuildConfig) -> str:
@@ -101,14 +124,51 @@ def prompt_key(cfg: BuildConfig) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def batch_plan(task, cfg: BuildConfig) -> list[tuple[int, int, int]]:
-    """(batch_id, label, n) for every generation batch; ids are stable so a resumed build skips finished ones."""
+BATCH_STRIDE = 100_000  # batch id = label x BATCH_STRIDE + the batch's number within its label
+
+
+def label_counts(task, cfg: BuildConfig, kshot: list[dict]) -> list[int]:
+    """Samples to generate (an oracle store: inputs to draw) per label.
+
+    uniform: ``per_label`` each. kshot: ``per_label x num_labels`` in all, split in proportion to the k-shot set's
+    label counts: the floors, then the leftover one at a time to the largest remainders (ties: the lower label); then
+    each label the k-shot set holds is raised to one batch (``batch_size``, or an equal share of the total when that
+    is smaller), one sample at a time from the largest count (ties: the lower label). A label the k-shot set lacks
+    gets none: the prompt and the labeller saw no example of it."""
+    n = task.num_labels
+    if cfg.label_mix == "uniform":
+        return [cfg.per_label] * n
+    seen = Counter(int(e["label"]) for e in kshot)
+    total = cfg.per_label * n
+    exact = [total * seen[lab] / max(1, sum(seen.values())) for lab in range(n)]
+    counts = [math.floor(x) for x in exact]
+    for lab in sorted(range(n), key=lambda lab: (counts[lab] - exact[lab], lab))[:total - sum(counts)]:
+        counts[lab] += 1
+    present = [lab for lab in range(n) if seen[lab]]
+    least = min(cfg.batch_size, total // max(1, len(present)))
+    for lab in present:
+        while counts[lab] < least:  # the largest count is above `least` while any present label is below it
+            donor = max(range(n), key=lambda d: (counts[d], -d))
+            counts[donor], counts[lab] = counts[donor] - 1, counts[lab] + 1
+    return counts
+
+
+def batch_plan(counts: list[int], batch_size: int) -> list[tuple[int, int, int]]:
+    """(batch_id, label, n) for every batch, ``counts[label]`` samples per label. An id depends only on the label and
+    the batch's number within it, and the counts only on the config and the seed's k-shot set, so a resumed build
+    plans the same batches and skips the finished ones."""
     plan = []
-    for label in range(task.num_labels):
-        for j in range(math.ceil(cfg.per_label / cfg.batch_size)):
-            n = min(cfg.batch_size, cfg.per_label - j * cfg.batch_size)
-            plan.append((label * 100_000 + j, label, n))
+    for label, count in enumerate(counts):
+        for j in range(math.ceil(count / batch_size)):
+            plan.append((label * BATCH_STRIDE + j, label, min(batch_size, count - j * batch_size)))
     return plan
+
+
+def auto_max_new_tokens(task, tok, kshot: list[dict]) -> tuple[int, int]:
+    """(max_new_tokens, longest k-shot target in tokens): 1.5 x the longest target, rounded up, plus 8, so a sample
+    as long as the longest real example still ends with room to spare."""
+    longest = max(len(tok(target(task, e), add_special_tokens=False)["input_ids"]) for e in kshot)
+    return math.ceil(1.5 * longest) + 8, longest
 
 
 def tuned_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], out: Path):
@@ -128,56 +188,6 @@ def tuned_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], out: 
     gen.save(folder, meta={"key": key, "lr": lr, "loss_first": log[0]["loss"], "loss_last": log[-1]["loss"]})
     gen.snapshot_reference()
     return gen
-
-
-class Filter:
-    """The per-batch filters, which need nothing outside the batch: parse, drop copies of train / validation
-    examples and repeats within the batch, embed the rest. The filters against earlier batches (duplicates of
-    anything accepted before) run in batch order when the shards are merged (:class:`retrikt.store.shard.Dedup`)."""
-
-    def __init__(self, task, forbidden: set[str], lenient: bool = False):
-        self.task, self.forbidden, self.lenient = task, forbidden, lenient
-
-    def __call__(self, samples: list[dict], embedder) -> tuple[list[dict], np.ndarray, dict]:
-        stats = {"generated": len(samples), "parsed": 0, "copies": 0, "exact_dups": 0, "near_dups": 0}
-        kept, seen = [], set()
-        for s in samples:
-            fields = parse(self.task, s["text"], lenient=self.lenient)
-            if fields is None:
-                continue
-            stats["parsed"] += 1
-            key = example_key(self.task, fields)
-            if key in self.forbidden:
-                stats["copies"] += 1
-            elif key in seen:
-                stats["exact_dups"] += 1
-            else:
-                seen.add(key)
-                kept.append({"fields": fields, "tokens": len(s["tokens"]), "finished": s.get("finished", True)})
-        emb = embed_texts(embedder, [embed_text(self.task, k["fields"]) for k in kept])
-        return kept, emb, stats
-
-
-def _label(labeller: LMClassifier, task, kept: list[dict], label: int) -> list[dict]:
-    if not kept:
-        return []
-    probs = labeller.predict_proba([{**k["fields"], "idx": -1} for k in kept])
-    return [{"fields": k["fields"], "label": label, "soft_label": [round(float(x), 6) for x in p],
-             "meta": {"teacher_label": int(p.argmax()), "agree": bool(p.argmax() == label), "tokens": k["tokens"],
-                      "finished": k["finished"]}} for k, p in zip(kept, probs)]
-
-
-def summarise_log(log: list[dict]) -> dict:
-    """Totals over the build log, keeping the last record of each batch (a re-run batch is logged twice)."""
-    last = {r["batch_id"]: r for r in log}
-    tot = {k: sum(r[k] for r in last.values()) for k in ("generated", "parsed", "copies", "exact_dups", "near_dups",
-                                                         "kept", "agree", "new_tokens")}
-    gen_s = sum(r["generate_seconds"] for r in last.values())
-    return tot | {"batches": len(last), "generate_seconds": gen_s,
-                  "tokens_per_s": tot["new_tokens"] / gen_s if gen_s else 0.0,
-                  "parse_rate": tot["parsed"] / max(1, tot["generated"]),
-                  "keep_rate": tot["kept"] / max(1, tot["generated"]),
-                  "agreement": tot["agree"] / max(1, tot["kept"])}
 
 
 def _check_rl_backend(cfg: BuildConfig, out: Path, world: int) -> None:
@@ -239,47 +249,98 @@ def _labeller(cfg: BuildConfig, task, kshot: list[dict], model, tok, state) -> L
 
 
 def _load_models(cfg: BuildConfig, state):
+    """The generator (none for an oracle store: its labeller loads what it needs) and the embedder."""
     from retrikt.dist import rank_device
     device = rank_device(cfg.device)
-    # Ranks load at once: a missing cache entry is built by one of them while the others wait on its lock.
-    models.check_ram(cfg.teacher)
-    model, tok = models.load_causal_lm(cfg.teacher, device=device)
+    model = tok = None
+    if cfg.source == "generated":
+        # Ranks load at once: a missing cache entry is built by one of them while the others wait on its lock.
+        models.check_ram(cfg.teacher)
+        model, tok = models.load_causal_lm(cfg.teacher, device=device)
     return model, tok, models.load_sentence_transformer(cfg.embedder, device=device)
 
 
-def generate_shard(cfg: BuildConfig, task, gen, filt: Filter, labeller: LMClassifier, embedder, meta: dict,
+def _resolve_max_new_tokens(cfg: BuildConfig, task, tok, kshot: list[dict]) -> tuple[BuildConfig, dict]:
+    """The config with --max-new-tokens 0 (auto) replaced by the chosen length, and what the manifest records of
+    the choice; the manifest's config then holds the length the samples were generated with."""
+    if cfg.max_new_tokens < 0:
+        raise RetriktError(f"--max-new-tokens must be >= 0 (0 = auto), got {cfg.max_new_tokens}")
+    if cfg.max_new_tokens or cfg.source == "oracle":
+        return cfg, {}
+    chosen, longest = auto_max_new_tokens(task, tok, kshot)
+    logger.info("--max-new-tokens auto: %d (the longest of the %d k-shot targets is %d teacher tokens)", chosen,
+                len(kshot), longest)
+    return dataclasses.replace(cfg, max_new_tokens=chosen), {"max_new_tokens_auto": {"longest_kshot_target": longest,
+                                                                                     "chosen": chosen}}
+
+
+def _generated_draw(cfg: BuildConfig, task, gen):
+    """A batch of samples for :func:`generate_shard`: ``n`` generations conditioned on ``label``, seeded by the
+    batch id, so a re-run batch generates the same samples."""
+    def draw(batch_id: int, label: int, n: int) -> list[dict]:
+        samples = gen.generate([condition(task, label, cfg.task_text)], n_per_condition=n,
+                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                               batch_size=cfg.batch_size, seed=cfg.seed * 1_000_003 + batch_id,
+                               max_time=cfg.batch_timeout)
+        return [dict(s, label=label) for s in samples]
+    return draw
+
+
+def generate_shard(cfg: BuildConfig, draw, filt: Filter, labeller: LMClassifier, embedder, meta: dict,
                    folder: Path, batches: list[tuple[int, int, int]]) -> None:
-    """Generate, filter and label ``batches`` into the shard ``folder``; batches it already holds are skipped."""
+    """Draw (generate, or take the oracle inputs of), filter and label ``batches`` into the shard ``folder``;
+    batches it already holds are skipped. ``draw(batch_id, label, n)`` gives a batch's samples."""
     from retrikt.store import StoreWriter
     with StoreWriter(folder, meta) as shard:
         repair_log(folder / LOG)
         done = shard.done_batches()
         todo = [b for b in batches if b[0] not in done]
-        logger.info("%s: %d of %d generation batches left", folder, len(todo), len(batches))
-        for batch_id, label, n in tqdm(todo, desc=f"batches {folder.name}", leave=False, disable=None):
+        logger.info("%s: %d of %d batches left", folder, len(todo), len(batches))
+        for batch_id, label, n in progress(todo, desc=f"batches {folder.name}", leave=False):
             tg = time.perf_counter()
-            samples = gen.generate([condition(task, label, cfg.task_text)], n_per_condition=n,
-                                   max_new_tokens=cfg.max_new_tokens,
-                                   temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
-                                   seed=cfg.seed * 1_000_003 + batch_id, max_time=cfg.batch_timeout)
+            samples = draw(batch_id, label, n)
             gen_s = time.perf_counter() - tg
             kept, emb, stats = filt(samples, embedder)
-            entries = _label(labeller, task, kept, label)
+            entries = label_entries(labeller, kept)
+            keep, agreed = agreement(kept, entries, cfg.min_agreement)
+            entries = [entries[i] for i in keep]
             for e in entries:
                 e["meta"][BATCH_TAG] = batch_id
-            append_jsonl(folder / LOG, stats | {"batch_id": batch_id, "label": label, "candidates": len(entries),
-                                                "generate_seconds": gen_s, "shard": folder.name,
-                                                "new_tokens": sum(len(s["tokens"]) for s in samples)})
-            shard.add_batch(batch_id, entries, emb)
+            append_jsonl(folder / LOG, stats | agreed | {
+                "batch_id": batch_id, "label": label, "candidates": len(entries), "generate_seconds": gen_s,
+                "shard": folder.name, "new_tokens": sum(len(s.get("tokens", ())) for s in samples)})
+            shard.add_batch(batch_id, entries, emb[keep])
 
 
-def _task_data(task, cfg: BuildConfig) -> tuple[list[dict], set[str]]:
-    """The k-shot examples the prompt is tuned on, and the keys of every train / validation example (copies)."""
+def _task_data(task, cfg: BuildConfig) -> tuple[list[dict], list[dict], set[str]]:
+    """The training split, its k-shot examples (the prompt is tuned and the labeller adapted on them), and the keys
+    no entry may have: every train / validation example for a generated store (copies); for an oracle store, drawn
+    from the training split, the validation and k-shot examples (also training inputs with the same text)."""
     pool = load_split(task, "train", data_dir=cfg.data_dir)
     kshot = sample_few_shot(pool, n=cfg.shots, seed=cfg.seed) if cfg.shots else pool
-    forbidden = {example_key(task, e) for e in pool}
+    forbidden = {example_key(task, e) for e in (pool if cfg.source == "generated" else kshot)}
     forbidden |= {example_key(task, e) for e in load_split(task, "validation", data_dir=cfg.data_dir)}
-    return kshot, forbidden
+    return pool, kshot, forbidden
+
+
+def _check_config(task, cfg: BuildConfig) -> None:
+    if task.is_regression:
+        raise RetriktError(f"store building conditions generation on a label; {task.name} is a regression task")
+    if cfg.source == "oracle" and cfg.rl != "none":
+        raise RetriktError(f"--source oracle generates nothing, so --rl {cfg.rl} has no prompt to refine")
+    if cfg.source == "oracle" and not cfg.shots:
+        raise RetriktError("--source oracle draws the training inputs outside the k-shot set; --shots 0 takes them "
+                           "all")
+    if not 0 <= cfg.min_agreement <= 1:
+        raise RetriktError(f"--min-agreement is a probability (0 disables the filter), got {cfg.min_agreement}")
+
+
+def _meta(cfg: BuildConfig, task, embedder, kshot: list[dict], counts: list[int]) -> dict:
+    return {"task": task.name, "teacher": cfg.teacher, "config": asdict(cfg),
+            "embedder": {"name": cfg.embedder, "dim": embedding_dim(embedder), "normalize": True},
+            "source": cfg.source, "generator": cfg.teacher if cfg.source == "generated" else None,
+            "labeller": labeller_spec(cfg), "seed": cfg.seed, "kshot_idx": [e["idx"] for e in kshot],
+            "label_counts": counts}
 
 
 def build_store(cfg: BuildConfig) -> Path:
@@ -290,32 +351,47 @@ def build_store(cfg: BuildConfig) -> Path:
     from retrikt.dist import process_state
     from retrikt.store import StoreWriter
     task = get_task(cfg.task)
-    if task.is_regression:
-        raise RetriktError(f"store building conditions generation on a label; {task.name} is a regression task")
-    out = Path(cfg.out or f"stores/{task.name}-{cfg.teacher.replace('/', '_')}")
+    _check_config(task, cfg)
+    suffix = "-oracle" if cfg.source == "oracle" else ""
+    out = Path(cfg.out or f"stores/{task.name}-{cfg.teacher.replace('/', '_')}{suffix}")
     state = process_state(cfg.dist_timeout)
     _check_rl_backend(cfg, out, state.num_processes)
-    kshot, forbidden = _task_data(task, cfg)
+    pool, kshot, forbidden = _task_data(task, cfg)
     t0 = time.perf_counter()
     model, tok, embedder = _load_models(cfg, state)
-    meta = {"task": task.name, "teacher": cfg.teacher, "config": asdict(cfg),
-            "embedder": {"name": cfg.embedder, "dim": embedding_dim(embedder), "normalize": True},
-            "generator": cfg.teacher, "labeller": labeller_spec(cfg), "seed": cfg.seed,
-            "kshot_idx": [e["idx"] for e in kshot]}
-    plan = batch_plan(task, cfg)
+    cfg, auto = _resolve_max_new_tokens(cfg, task, tok, kshot)
+    counts = label_counts(task, cfg, kshot)
+    drawn = oracle_inputs(task, pool, kshot, counts, cfg.seed) if cfg.source == "oracle" else None
+    if drawn is not None:  # a label may run out of training inputs
+        counts = [len(drawn[lab]) for lab in range(task.num_labels)]
+    plan = batch_plan(counts, cfg.batch_size)
+    meta = _meta(cfg, task, embedder, kshot, counts) | auto
     # Rank 0 holds the store folder's lock for the whole build, so a second build into it is refused at once.
     with StoreWriter(out, meta) if state.is_main_process else contextlib.nullcontext() as writer:
         labeller = _labeller(cfg, task, kshot, model, tok, state)
-        gen = shared_generator(cfg, task, model, tok, kshot, embedder, out, state, labeller)
-        filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient")
-        generate_shard(cfg, task, gen, filt, labeller, embedder, meta, shard_dir(out, state.process_index),
+        if drawn is not None:
+            draw = oracle_draw(task, drawn, cfg.batch_size, BATCH_STRIDE)
+        else:
+            draw = _generated_draw(cfg, task, shared_generator(cfg, task, model, tok, kshot, embedder, out, state,
+                                                               labeller))
+        filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient", keep_unfinished=cfg.keep_unfinished,
+                      drop_label_words=cfg.drop_label_words)
+        generate_shard(cfg, draw, filt, labeller, embedder, meta, shard_dir(out, state.process_index),
                        rank_batches(plan, state.process_index, state.num_processes))
         state.wait_for_everyone()
         if writer is not None:
-            stats = summarise_log(merge_shards(writer, task, plan, out, cfg.dedup_threshold))
-            writer.finalize(index_kind=cfg.index, extra_meta={"stats": stats, "world_size": state.num_processes,
-                                                              "build_seconds": time.perf_counter() - t0})
-            logger.info("store %s: %d entries, parse rate %.2f, keep rate %.2f, teacher agreement %.2f", out,
-                        stats["kept"], stats["parse_rate"], stats["keep_rate"], stats["agreement"])
+            _finish(writer, task, plan, out, cfg, state.num_processes, t0)
     state.wait_for_everyone()
     return out
+
+
+def _finish(writer, task, plan: list[tuple[int, int, int]], out: Path, cfg: BuildConfig, world: int,
+            t0: float) -> None:
+    """Rank 0: merge the shards through the duplicate filters, write the index and the manifest."""
+    stats = summarise_log(merge_shards(writer, task, plan, out, cfg.dedup_threshold))
+    writer.finalize(index_kind=cfg.index, extra_meta={"stats": stats, "world_size": world,
+                                                      "build_seconds": time.perf_counter() - t0})
+    logger.info("store %s: %d entries of %d %s; filters caught %d unfinished, %d naming their label, "
+                "%d disagreeing; keep rate %.2f, teacher agreement %.2f", out, stats["kept"], stats["generated"],
+                "drawn inputs" if cfg.source == "oracle" else "samples", stats["unfinished"], stats["label_words"],
+                stats["disagree"], stats["keep_rate"], stats["agreement"])

@@ -70,6 +70,34 @@ def _split_words(task, text: str) -> dict | None:
     return {f: " ".join(c) for f, c in zip(task.text_fields, chunks)}
 
 
+# Answer words that ordinary sentences use all the time ("no one came", "is it true"): a verbaliser or label name
+# that is one of them (CB / RTE's " Yes" / " No" / " Maybe", BoolQ / WiC's False / True) does not mark a sample as
+# naming its label, or the filter would drop a large share of plain text.
+GENERIC_ANSWERS = frozenset({"yes", "no", "maybe", "true", "false"})
+
+
+def label_words(task, label: int) -> list[str]:
+    """The words that name ``label`` in a sample's text: the label's name with underscores as spaces ("not
+    entailment") and its verbaliser stripped ("positive" for SST-2), less :data:`GENERIC_ANSWERS`. So for tasks
+    whose verbalisers are " Yes" / " No" only the label names count, and for BoolQ-style tasks named False / True
+    nothing does."""
+    words = [task.label_names[label].replace("_", " ")]
+    if task.verbalizers:
+        words.append(task.verbalizers[label].strip())
+    return sorted({w for w in words if w and w.lower() not in GENERIC_ANSWERS})
+
+
+def names_label(task, fields: dict, label: int) -> bool:
+    """Whether the sample's text names its own conditioned label: a whole-word, case-insensitive match of one of
+    :func:`label_words` in any field (underscores read as spaces, so "not_entailment" names "entailment" too)."""
+    text = " ".join(str(v) for v in fields.values()).replace("_", " ")
+    for word in label_words(task, label):
+        pattern = r"\s+".join(re.escape(w) for w in word.split())
+        if re.search(rf"\b{pattern}\b", text, flags=re.IGNORECASE):
+            return True
+    return False
+
+
 def normalise(text: str) -> str:
     """Key for exact-duplicate / copy detection: case, accents, punctuation and spacing ignored."""
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()

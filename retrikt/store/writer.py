@@ -84,6 +84,13 @@ class StoreWriter:
                 if old.get(key) != self.meta[key]:
                     raise RetriktError(f"{state}: this build used {key} {old.get(key)!r}, not {self.meta[key]!r}; "
                                        "resume with the same one or write to a new folder")
+            # parts drawn for another seed's k-shot set, or from another source, must not mix into one store;
+            # builds that predate these keys do not record them
+            for key in ("seed", "source", "kshot_idx"):
+                if key in old and key in self.meta and old[key] != self.meta[key]:
+                    raise RetriktError(f"{state}: this build used another {key} ({str(old[key])[:40]}, now "
+                                       f"{str(self.meta[key])[:40]}); resume with the same one or write to a new "
+                                       "folder")
             if old.get("config") != self.meta["config"]:
                 logger.warning("%s: resuming with a different config; the manifest records the new one", state)
             logger.info("%s: resuming, %d batches already written", self.folder, len(self.done_batches()))

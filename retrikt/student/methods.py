@@ -56,6 +56,8 @@ class TrainConfig(FitConfig, AdaptConfig):
     eval_limit: int = arg(0, help="score only the first N validation examples (0 = all; for smoke runs)")
     device: str = arg("auto", help="auto | cpu | cuda")
     store: str | None = arg(None, help="knowledge store folder (kd and retrikt methods)")
+    allow_foreign_store: bool = arg(False, help="kd / retrikt: accept a store built from another k-shot set than "
+                                               "the run's (another seed or --shots); the run then is not k-shot")
     retrieval_k: int = arg(8, help="retrikt: neighbours retrieved per input (re-chosen on held-out k-shot data)")
     retrieval_beta: float = arg(0.5, help="retrikt: weight of the student's own prediction in the mixture")
     retrieval_tau: float = arg(0.1, help="retrikt: softmax temperature over neighbour similarities")

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,6 +194,31 @@ def open_store(path: str | None):
     return Store.open(path)
 
 
+def check_store(store, task, train: list[dict], seed: int, allow_foreign: bool = False) -> dict:
+    """Refuse a store of another task, or one built from another k-shot set than ``train`` (unless ``allow_foreign``):
+    its teacher learnt from examples this run may not see. A store without ``kshot_idx`` (older) passes with a
+    warning. Returns the store's provenance for the results record."""
+    m = store.manifest
+    if m.get("task") != task.name:
+        raise RetriktError(f"{store.folder} is a store for task {m.get('task')!r}; this run trains {task.name!r}: "
+                           f"build one with python -m retrikt.build --task {task.name}")
+    facts = {"store_seed": m.get("seed"), "store_source": m.get("source", "generated")}
+    if "kshot_idx" not in m:
+        logger.warning("%s records no k-shot set (an older store): cannot check that it was built from seed %d's",
+                       store.folder, seed)
+        return facts
+    if Counter(m["kshot_idx"]) == Counter(e.get("idx") for e in train):  # the order the k-shot set comes in is free
+        return facts
+    why = (f"{store.folder} was built from the k-shot set of seed {m.get('seed')}, not this run's (seed {seed}, "
+           f"{len(train)} examples)")
+    if not allow_foreign:
+        raise RetriktError(f"{why}: a student would learn from training examples outside its k-shot set. Build a "
+                           f"store with --seed {seed} (and the same --shots), or pass --allow-foreign-store (the run "
+                           "then is not k-shot)")
+    logger.warning("%s; --allow-foreign-store: this run is not k-shot", why)
+    return facts | {"foreign_store": True}
+
+
 def store_embedder(store):
     """The store's own embedder (named in its manifest), used for teacher-side similarities."""
     info = store.manifest["embedder"]
@@ -263,11 +289,12 @@ def train_kd(cfg, task, train: list[dict], seed: int):
     from retrikt.student.methods import resolve_device
     seed_everything(seed)
     store = open_store(cfg.store)
+    provenance = check_store(store, task, train, seed, cfg.allow_foreign_store)
     data = train + store_examples(store)
     student = _base_student(cfg, task, resolve_device(cfg.device))
     losses = fit(student, data, _union_fit_config(cfg, len(train), len(data)), seed, desc=f"kd {task.name} s{seed}")
     return student, {"store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
-                     "final_loss": losses[-1] if losses else None}
+                     **provenance, "final_loss": losses[-1] if losses else None}
 
 
 def _fit_retrieval(cfg, task, store, labelled: list[dict], kshot_emb: np.ndarray, settings: RetrievalSettings,
@@ -313,6 +340,7 @@ def train_retrikt(cfg, task, train: list[dict], seed: int):
     settings = RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau,
                                  rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
     full_store = open_store(cfg.store)
+    provenance = check_store(full_store, task, train, seed, cfg.allow_foreign_store)
     # copies: the neighbour fields added in _fit_retrieval must not leak into the shared training pool
     copies = [dict(e) for e in train]
     fit_part, dev = _split_holdout(copies, settings.holdout, seed) if cfg.select_settings else (copies, [])
@@ -334,7 +362,7 @@ def train_retrikt(cfg, task, train: list[dict], seed: int):
         for e in copies:  # neighbour fields of the first fit are recomputed for the new memory
             e.pop("nbr_ids", None), e.pop("nbr_sims", None)
         model, store, losses = _fit_retrieval(cfg, task, full_store, copies, emb, settings, seed)
-    return model, {"store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
+    return model, {"store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store), **provenance,
                    "retrieval": dict(settings.__dict__), "selection": chosen, "refit": bool(dev and cfg.refit),
                    "final_loss": losses[-1] if losses else None}
 

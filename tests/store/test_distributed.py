@@ -14,7 +14,6 @@ from retrikt.store import Store
 from retrikt.store import build as B
 from retrikt.store.shard import rank_batches, shard_dir
 from retrikt.teacher.softprompt import SoftPromptGenerator
-from retrikt.tasks import get_task
 from tests.store.test_build import _fake_generate
 
 SHARED = " the good movie 1\nhypothesis: the bad film 2"  # generated in every batch: a duplicate across shards
@@ -27,9 +26,11 @@ def _generate(self, conditions, n_per_condition=1, seed=0, **kw):
 
 
 def _cfg(out) -> B.BuildConfig:
-    # 0.98 drops a few near duplicates among the tiny encoder's (similar) embeddings, so their order matters
+    # 0.98 drops a few near duplicates among the tiny encoder's (similar) embeddings, so their order matters; uniform
+    # mix: 6 batches; the random labeller agrees by chance only, so no agreement filter
     return B.BuildConfig(task="cb", teacher="tiny-causal", embedder="tiny-encoder", per_label=4, batch_size=2,
-                         shots=8, prompt_epochs=1, label_demos=1, dedup_threshold=0.98, out=str(out))
+                         shots=8, prompt_epochs=1, label_demos=1, dedup_threshold=0.98, label_mix="uniform",
+                         min_agreement=0.0, out=str(out))
 
 
 def _rank(rank: int, world: int, port: int, out: str, die_at: int, calls_dir: str) -> None:
@@ -110,7 +111,7 @@ def test_two_ranks_build_the_same_store_as_one_process(reference, tmp_path):
     stats = store.manifest["stats"]
     assert stats["exact_dups"] == 6 + 5  # one repeat within each batch, SHARED in every batch but the first
     assert stats["near_dups"] > 0 and stats["kept"] == len(store)
-    plan = B.batch_plan(get_task("cb"), _cfg(out))
+    plan = B.batch_plan([4, 4, 4], 2)
     for rank in (0, 1):  # each rank generated its round-robin share into its own shard
         log = read_jsonl(shard_dir(out, rank) / "build_log.jsonl")
         assert [r["batch_id"] for r in log] == [b[0] for b in rank_batches(plan, rank, 2)]

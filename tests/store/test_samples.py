@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from retrikt.store.samples import condition, example_key, near_duplicates, parse, serialise, target
+from retrikt.store.samples import (condition, example_key, label_words, names_label, near_duplicates, parse,
+                                    serialise, target)
 from retrikt.tasks import get_task
 
 
@@ -52,3 +53,27 @@ def test_condition_can_name_the_task_by_its_description():
     ex = {"sentence": "a fine film", "label": 1}
     # the target, hence parsing, does not depend on how the task is named
     assert described[described.rindex("\n") + 1:] + target(task, ex) == serialise(task, ex)
+
+
+@pytest.mark.parametrize("task,label,text,names", [
+    ("cb", 0, "The answer is Entailment, clearly.", True),      # case-insensitive, punctuation around it
+    ("cb", 0, "No, maybe yes: a contradiction.", False),          # Yes / No / Maybe never count; another label's name
+    ("cb", 1, "No, maybe yes: a contradiction.", True),
+    ("rte", 1, "This is not_entailment.", True),                   # underscores read as spaces
+    ("rte", 1, "not  entailment", True),
+    ("rte", 1, "entailment", False),
+    ("cola", 1, "It is unacceptable.", False),                     # whole words only
+    ("cola", 0, "It is unacceptable.", True),
+    ("sst2", 1, "A Positive surprise.", True),                     # name and verbaliser: positive
+    ("boolq", 1, "Is it true that no one came?", False),           # True / False are ordinary words
+])
+def test_a_sample_names_its_label_by_name_or_specific_verbaliser(task, label, text, names):
+    t = get_task(task)
+    fields = dict.fromkeys(t.text_fields, "x")
+    fields[t.text_fields[-1]] = text
+    assert names_label(t, fields, label) is names
+
+
+def test_generic_answer_words_never_name_a_label():
+    assert label_words(get_task("cb"), 0) == ["entailment"] and label_words(get_task("boolq"), 1) == []
+    assert label_words(get_task("sst2"), 0) == ["negative"]

@@ -118,8 +118,10 @@ def test_saved_student_refuses_a_store_whose_manifest_differs(tmp_path, monkeypa
         load_retrieval_student(tmp_path / "student", get_task("sst2"), base="x", store_path=str(other.folder))
 
 
-def _tiny_store(folder, texts=("good movie", "great film", "bad movie", "terrible film", "a good dog", "a bad cat") * 2):
-    """A store in the key space of the tiny-encoder embedder, with texts the tiny tokenizer knows."""
+def _tiny_store(folder, texts=("good movie", "great film", "bad movie", "terrible film", "a good dog", "a bad cat") * 2,
+                **meta):
+    """A store in the key space of the tiny-encoder embedder, with texts the tiny tokenizer knows; ``meta`` adds to
+    (or replaces) its manifest's task / provenance."""
     from retrikt import models
     emb_model = models.load_sentence_transformer("tiny-encoder")
     texts = list(texts)
@@ -128,7 +130,7 @@ def _tiny_store(folder, texts=("good movie", "great film", "bad movie", "terribl
                 "soft_label": [0.2, 0.8] if ("good" in t or "great" in t) else [0.8, 0.2], "meta": {}}
                for t in texts]
     with StoreWriter(folder, {"task": "sst2", "teacher": "t", "embedder": {"name": "tiny-encoder", "dim": 64,
-                                                                           "normalize": True}}) as w:
+                                                                           "normalize": True}, **meta}) as w:
         w.add_batch(0, entries, emb)
         return w.finalize(index_kind="flat")
 
@@ -163,3 +165,41 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
         np.testing.assert_allclose(again.predict_proba(EX), p, atol=1e-5)
     kd, info = train_kd(cfg, get_task("sst2"), train, seed=1)
     assert info["store_entries"] == 12 and kd.predict_proba(EX).shape == (3, 2)
+
+
+KSHOT = [{"idx": i, "sentence": s, "label": y} for i, (s, y) in
+         enumerate([("good film", 1), ("bad film", 0), ("great movie", 1), ("terrible movie", 0)] * 2)]
+
+
+@pytest.mark.parametrize("method", ["kd", "retrikt"])
+def test_a_student_refuses_a_store_of_another_task(tmp_path, method):
+    from retrikt.student.methods import TrainConfig, get_method
+    path = _tiny_store(tmp_path / "store", task="cola")
+    cfg = TrainConfig(task="sst2", method=method, student="tiny-encoder", store=str(path), epochs=1,
+                      allow_foreign_store=True)  # no flag makes another task's store usable
+    with pytest.raises(RetriktError, match="store for task 'cola'; this run trains 'sst2'"):
+        get_method(method)(cfg, get_task("sst2"), KSHOT, seed=1)
+
+
+@pytest.mark.parametrize("method", ["kd", "retrikt"])
+def test_a_student_refuses_another_seeds_store_unless_allowed(tmp_path, method):
+    from retrikt.student.methods import TrainConfig, get_method
+    other = _tiny_store(tmp_path / "s2", seed=2, kshot_idx=[100 + i for i in range(8)])
+    cfg = TrainConfig(task="sst2", method=method, student="tiny-encoder", store=str(other), epochs=1)
+    with pytest.raises(RetriktError, match=r"s2 was built from the k-shot set of seed 2, not this run's \(seed 1"):
+        get_method(method)(cfg, get_task("sst2"), KSHOT, seed=1)
+    cfg.allow_foreign_store = True
+    _, info = get_method(method)(cfg, get_task("sst2"), KSHOT, seed=1)
+    assert info["store_seed"] == 2 and info["foreign_store"] is True
+    own = _tiny_store(tmp_path / "s1", seed=1, kshot_idx=[e["idx"] for e in reversed(KSHOT)])  # order is irrelevant
+    cfg.allow_foreign_store, cfg.store = False, str(own)
+    _, info = get_method(method)(cfg, get_task("sst2"), KSHOT, seed=1)
+    assert info["store_seed"] == 1 and "foreign_store" not in info
+
+
+def test_a_store_without_its_kshot_set_is_accepted_with_a_warning(tmp_path, caplog):
+    from retrikt.student.retrieval import check_store, open_store
+    store = open_store(str(_tiny_store(tmp_path / "old")))
+    with caplog.at_level("WARNING", logger="retrikt.student.retrieval"):
+        assert check_store(store, get_task("sst2"), KSHOT, seed=1) == {"store_seed": None, "store_source": "generated"}
+    assert "records no k-shot set" in caplog.text

@@ -1,0 +1,108 @@
+"""The filters a batch of samples passes on its way into a store, and the build log's totals.
+
+Per batch, in this order: parse; drop copies of forbidden examples and repeats within the batch; drop samples cut
+off before end-of-sequence and samples that name their own conditioned label (:class:`Filter`, before embedding, so
+no dropped sample is embedded); label; drop samples the labeller disagrees with (:func:`agreement`, necessarily after
+labelling). Every filter counts what it catches in the batch's build-log record, whether or not it drops it. The
+filters against earlier batches (duplicates of anything accepted before) run when the shards are merged
+(:class:`retrikt.store.shard.Dedup`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from retrikt.store.samples import embed_text, embed_texts, example_key, names_label, parse
+
+
+class Filter:
+    """The per-batch filters up to embedding (see the module docstring), which need nothing outside the batch. A
+    sample that arrives with ``fields`` (an oracle input) is not parsed; one with label None has no conditioned label
+    to name. Unfinished and label-naming samples are counted, and dropped unless ``keep_unfinished`` / not
+    ``drop_label_words``."""
+
+    def __init__(self, task, forbidden: set[str], lenient: bool = False, keep_unfinished: bool = False,
+                 drop_label_words: bool = True):
+        self.task, self.forbidden, self.lenient = task, forbidden, lenient
+        self.keep_unfinished, self.drop_label_words = keep_unfinished, drop_label_words
+
+    def __call__(self, samples: list[dict], embedder) -> tuple[list[dict], np.ndarray, dict]:
+        stats = {"generated": len(samples), "parsed": 0, "copies": 0, "exact_dups": 0, "unfinished": 0,
+                 "label_words": 0, "near_dups": 0}
+        kept, seen = [], set()
+        for s in samples:
+            fields = s.get("fields") or parse(self.task, s["text"], lenient=self.lenient)
+            if fields is None:
+                continue
+            stats["parsed"] += 1
+            key = example_key(self.task, fields)
+            if key in self.forbidden:
+                stats["copies"] += 1
+            elif key in seen:
+                stats["exact_dups"] += 1
+            else:
+                seen.add(key)
+                entry = self._candidate(s, fields, stats)
+                if entry is not None:
+                    kept.append(entry)
+        emb = embed_texts(embedder, [embed_text(self.task, k["fields"]) for k in kept])
+        return kept, emb, stats
+
+    def _candidate(self, s: dict, fields: dict, stats: dict) -> dict | None:
+        finished, label = s.get("finished", True), s.get("label")
+        if not finished:
+            stats["unfinished"] += 1
+            if not self.keep_unfinished:
+                return None
+        names = label is not None and names_label(self.task, fields, label)
+        if names:
+            stats["label_words"] += 1
+            if self.drop_label_words:
+                return None
+        return {"fields": fields, "tokens": len(s.get("tokens", ())), "finished": finished, "label": label,
+                "names_label": names, "idx": s.get("idx")}
+
+
+def label_entries(labeller, kept: list[dict]) -> list[dict]:
+    """Teacher-label the candidates. A generated one keeps its conditioned label; an oracle input, which has none,
+    takes the labeller's argmax (its gold label is never passed on)."""
+    if not kept:
+        return []
+    probs = labeller.predict_proba([{**k["fields"], "idx": -1} for k in kept])
+    out = []
+    for k, p in zip(kept, probs):
+        top = int(p.argmax())
+        label = top if k["label"] is None else k["label"]
+        meta = {"teacher_label": top, "agree": top == label, "tokens": k["tokens"], "finished": k["finished"],
+                "names_label": k["names_label"]}
+        if k["idx"] is not None:
+            meta["train_idx"] = k["idx"]
+        out.append({"fields": k["fields"], "label": label, "soft_label": [round(float(x), 6) for x in p],
+                    "meta": meta})
+    return out
+
+
+def agreement(kept: list[dict], entries: list[dict], min_agreement: float) -> tuple[list[int], dict]:
+    """Which labelled candidates to keep, and the counts. A candidate agrees when the labeller's argmax is its
+    conditioned label with probability >= ``min_agreement``; 0 keeps them all (still counted). An oracle input has
+    no conditioned label (its label is the argmax), so there is nothing to disagree with: it always passes."""
+    ok = [k["label"] is None or (e["meta"]["agree"] and e["soft_label"][e["label"]] >= min_agreement)
+          for k, e in zip(kept, entries)]
+    keep = [i for i, a in enumerate(ok) if a or min_agreement <= 0]
+    return keep, {"agreed": sum(ok), "disagree": len(ok) - sum(ok)}
+
+
+LOG_COUNTS = ("generated", "parsed", "copies", "exact_dups", "unfinished", "label_words", "disagree", "agreed",
+              "near_dups", "kept", "agree", "new_tokens")
+
+
+def summarise_log(log: list[dict]) -> dict:
+    """Totals over the build log, keeping the last record of each batch (a re-run batch is logged twice). A count
+    that an older build did not log counts as 0."""
+    last = {r["batch_id"]: r for r in log}
+    tot = {k: sum(r.get(k, 0) for r in last.values()) for k in LOG_COUNTS}
+    gen_s = sum(r.get("generate_seconds", 0.0) for r in last.values())
+    return tot | {"batches": len(last), "generate_seconds": gen_s,
+                  "tokens_per_s": tot["new_tokens"] / gen_s if gen_s else 0.0,
+                  "parse_rate": tot["parsed"] / max(1, tot["generated"]),
+                  "keep_rate": tot["kept"] / max(1, tot["generated"]),
+                  "agreement": tot["agree"] / max(1, tot["kept"])}
