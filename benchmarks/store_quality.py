@@ -45,7 +45,7 @@ def mean_pairwise_cosine(emb: np.ndarray) -> float:
 
 def rl_label(config: dict) -> str:
     """The RL method plus the PPO settings that differ from the defaults (so variants of one store tell apart)."""
-    from retrikt.rl.refine import ppo_overrides
+    from retrikt.pipeline.config import ppo_overrides
     extra = [f"{name.replace('_', '-')} {value:g}" for name, value in ppo_overrides(config).items()]
     return config.get("rl", "none") + (f" ({', '.join(extra)})" if extra else "")
 

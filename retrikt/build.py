@@ -17,7 +17,8 @@ import sys
 from retrikt.config import parse_config
 from retrikt.dist import configure_logging
 from retrikt.io import RetriktError
-from retrikt.store.build import SMOKE, BuildConfig, build_store
+from retrikt.pipeline.config import SMOKE, BuildConfig
+from retrikt.pipeline.run import build_store
 
 
 def main(argv: list[str] | None = None) -> int:

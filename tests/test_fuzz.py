@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from retrikt.config import from_dict, load_yaml
 from retrikt.io import RetriktError
 from retrikt.store import Store, StoreWriter
-from retrikt.store.build import BuildConfig
+from retrikt.pipeline.config import BuildConfig
 from retrikt.tasks import get_task, load_split
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

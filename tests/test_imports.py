@@ -107,13 +107,7 @@ def describe(graph: dict[str, dict[str, list[str]]], cycles: list[list[str]]) ->
     return "\n".join(lines)
 
 
-# strict: once the cycle is gone the test XPASSes, fails, and this marker must go.
-KNOWN_RETRIKT_CYCLES = pytest.mark.xfail(strict=True, reason=(
-    "retrikt.store.build <-> retrikt.rl.refine (lazy imports both ways: refine.ppo_overrides / refine._key import "
-    "BuildConfig / prompt_key from store.build; store.build imports refine._key / refine.refine_prompt)"))
-
-
-@pytest.mark.parametrize("package", [pytest.param("retrikt", marks=KNOWN_RETRIKT_CYCLES), "benchmarks"])
+@pytest.mark.parametrize("package", ["retrikt", "benchmarks"])
 def test_no_import_cycles(package):
     graph = import_graph(package)
     cycles = find_cycles(graph)

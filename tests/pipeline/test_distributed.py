@@ -11,10 +11,10 @@ import torch.multiprocessing as mp
 
 from retrikt.io import read_jsonl
 from retrikt.store import Store
-from retrikt.store import build as B
+from retrikt.pipeline import run as B
 from retrikt.store.shard import rank_batches, shard_dir
 from retrikt.teacher.softprompt import SoftPromptGenerator
-from tests.store.test_build import _fake_generate
+from tests.pipeline.test_build import _fake_generate
 
 SHARED = " the good movie 1\nhypothesis: the bad film 2"  # generated in every batch: a duplicate across shards
 TIMING = ("generate_seconds", "shard")
@@ -147,7 +147,7 @@ def test_trl_refinement_is_refused_under_a_launcher_unless_already_saved(tmp_pat
     cfg = _cfg(tmp_path / "store")
     cfg.rl = "grpo"
     with pytest.raises(Exception, match="accelerate launch"):
-        B._check_rl_backend(cfg, tmp_path / "store", world=2)
-    B._check_rl_backend(cfg, tmp_path / "store", world=1)  # one process: TRL runs as before
+        B.check_rl_backend(cfg, tmp_path / "store", world=2)
+    B.check_rl_backend(cfg, tmp_path / "store", world=1)  # one process: TRL runs as before
     cfg.rl = "ppo"
-    B._check_rl_backend(cfg, tmp_path / "store", world=2)  # our PPO needs no other rank
+    B.check_rl_backend(cfg, tmp_path / "store", world=2)  # our PPO needs no other rank

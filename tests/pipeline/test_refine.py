@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from retrikt.io import read_jsonl
-from retrikt.rl import refine
-from retrikt.store.build import SMOKE, BuildConfig, build_store
+from retrikt.pipeline import config as refine_config, refine
+from retrikt.pipeline.config import SMOKE, BuildConfig
+from retrikt.pipeline.run import build_store
 
 
 @pytest.mark.parametrize("rl", ["ppo"])
@@ -56,9 +57,9 @@ def test_reward_fn_scores_quality_of_the_conditioned_label_and_zero_for_garbage(
 def test_kl_coefficient_and_lr_reach_ppo_and_change_the_reuse_key(tmp_path, monkeypatch):
     import dataclasses
     cfg = BuildConfig(**{**SMOKE, "task": "cb", "out": str(tmp_path / "store"), "rl": "ppo"})
-    assert refine._key(dataclasses.replace(cfg, rl_kl_coef=0.05)) == refine._key(cfg)  # old stores keep their key
-    assert refine._key(dataclasses.replace(cfg, rl_kl_coef=0.2)) != refine._key(cfg)
-    assert refine._key(dataclasses.replace(cfg, rl_lr=1e-4)) != refine._key(cfg)
+    assert refine_config.refine_key(dataclasses.replace(cfg, rl_kl_coef=0.05)) == refine_config.refine_key(cfg)  # old stores keep their key
+    assert refine_config.refine_key(dataclasses.replace(cfg, rl_kl_coef=0.2)) != refine_config.refine_key(cfg)
+    assert refine_config.refine_key(dataclasses.replace(cfg, rl_lr=1e-4)) != refine_config.refine_key(cfg)
     seen = {}
     monkeypatch.setattr("retrikt.rl.ppo.ppo_train", lambda gen, fn, conds, ppo_cfg, **kw: seen.update(
         kl=ppo_cfg.init_kl_coef, lr=ppo_cfg.lr))

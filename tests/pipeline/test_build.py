@@ -5,7 +5,7 @@ import pytest
 
 from retrikt.io import read_jsonl
 from retrikt.store import Store
-from retrikt.store import build as B
+from retrikt.pipeline import run as B
 from retrikt.teacher.softprompt import SoftPromptGenerator
 
 WORDS = "the a good bad movie film man woman dog cat ran sat big small red blue old new".split()
@@ -87,7 +87,7 @@ def test_task_text_changes_the_prompt_key_and_leaves_older_keys_alone():
     import hashlib
     import json
 
-    from retrikt.store.build import BuildConfig, prompt_key
+    from retrikt.pipeline.config import BuildConfig, prompt_key
     cfg = BuildConfig(task="sst2")
     keys = ("task", "teacher", "shots", "seed", "prompt_tokens", "prompt_epochs", "prompt_lr", "prompt_batch_size")
     before = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
@@ -270,7 +270,7 @@ def test_oracle_store_holds_training_inputs_outside_the_kshot_set_with_the_label
 
 
 def test_oracle_draw_is_seeded_and_excludes_the_kshot_examples():
-    from retrikt.store.oracle import oracle_inputs
+    from retrikt.pipeline.oracle import oracle_inputs
     from retrikt.tasks import get_task
     task = get_task("cb")
     pool = [{"idx": i, "premise": f"p{i}", "hypothesis": "h", "label": i % 3} for i in range(60)]

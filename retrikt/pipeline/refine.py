@@ -9,7 +9,6 @@ and to the k-shot examples (so copying the training data earns nothing). The ref
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,35 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from retrikt.io import RetriktError
+from retrikt.pipeline.config import refine_key
 from retrikt.rl.reward import RewardConfig, compute_rewards
 from retrikt.store.samples import condition, embed_text, embed_texts, parse
 from retrikt.teacher.lm import LMClassifier
 
 logger = logging.getLogger(__name__)
-
-
-PPO_SETTINGS = {"rl_kl_coef": "kl_coef", "rl_lr": "lr"}  # BuildConfig field -> its name in keys and labels
-
-
-def ppo_overrides(config: dict) -> dict:
-    """The PPO settings of a build config (a manifest's ``config``) that differ from BuildConfig's defaults."""
-    from retrikt.store.build import BuildConfig
-    if config.get("rl") != "ppo":
-        return {}
-    return {name: config[f] for f, name in PPO_SETTINGS.items()
-            if f in config and config[f] != getattr(BuildConfig, f)}
-
-
-def _key(cfg) -> str:
-    from retrikt.store.build import prompt_key
-    blob = {"prompt": prompt_key(cfg), "rl": cfg.rl, "steps": cfg.rl_steps, "tokens": cfg.max_new_tokens}
-    if cfg.label_calibration != "none":  # the reward's labeller changed; keys of uncalibrated runs stay as they were
-        blob["label_calibration"] = cfg.label_calibration
-    if cfg.labeller != "icl" or (cfg.labeller_model or cfg.teacher) != cfg.teacher:  # likewise
-        blob["labeller"] = [cfg.labeller, cfg.labeller_model or cfg.teacher]
-    # likewise: only non-default PPO settings change the key
-    blob.update(ppo_overrides({"rl": cfg.rl, **{f: getattr(cfg, f) for f in PPO_SETTINGS}}))
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def make_reward_fn(task, labeller: LMClassifier, embedder, kshot: list[dict], lenient: bool = False,
@@ -70,7 +46,7 @@ def make_reward_fn(task, labeller: LMClassifier, embedder, kshot: list[dict], le
 def refine_prompt(cfg, task, gen, model, tok, kshot: list[dict], embedder, out: Path, labeller: LMClassifier):
     """RL-refine ``gen``'s prompt with the store's own ``labeller`` as the quality reward (or reuse a saved one)."""
     from retrikt.teacher.softprompt import SoftPromptGenerator
-    folder, key = Path(out) / "prompt-rl", _key(cfg)
+    folder, key = Path(out) / "prompt-rl", refine_key(cfg)
     if (folder / "manifest.json").exists() and json.loads((folder / "manifest.json").read_text()).get("key") == key:
         logger.info("reusing the RL-refined soft prompt in %s", folder)
         return SoftPromptGenerator.load(folder, model, tok)

@@ -33,7 +33,7 @@ def oracle_inputs(task, pool: list[dict], kshot: list[dict], counts: list[int], 
 
 
 def oracle_draw(task, drawn: dict[int, list[dict]], batch_size: int, stride: int):
-    """``draw(batch_id, label, n)`` for :func:`retrikt.store.build.generate_shard`: the batch's slice of the drawn
+    """``draw(batch_id, label, n)`` for :func:`retrikt.pipeline.run.generate_shard`: the batch's slice of the drawn
     inputs, as already-parsed samples with no conditioned label (the labeller's argmax becomes the label) and
     their training-split ``idx``; the gold label stays behind."""
     def draw(batch_id: int, label: int, n: int) -> list[dict]:

@@ -1,0 +1,55 @@
+"""How many samples each label gets, in which batches, and how long a sample may be."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from retrikt.pipeline.config import BuildConfig
+from retrikt.store.samples import target
+
+
+BATCH_STRIDE = 100_000  # batch id = label x BATCH_STRIDE + the batch's number within its label
+
+
+def label_counts(task, cfg: BuildConfig, kshot: list[dict]) -> list[int]:
+    """Samples to generate (an oracle store: inputs to draw) per label.
+
+    uniform: ``per_label`` each. kshot: ``per_label x num_labels`` in all, split in proportion to the k-shot set's
+    label counts: the floors, then the leftover one at a time to the largest remainders (ties: the lower label); then
+    each label the k-shot set holds is raised to one batch (``batch_size``, or an equal share of the total when that
+    is smaller), one sample at a time from the largest count (ties: the lower label). A label the k-shot set lacks
+    gets none: the prompt and the labeller saw no example of it."""
+    n = task.num_labels
+    if cfg.label_mix == "uniform":
+        return [cfg.per_label] * n
+    seen = Counter(int(e["label"]) for e in kshot)
+    total = cfg.per_label * n
+    exact = [total * seen[lab] / max(1, sum(seen.values())) for lab in range(n)]
+    counts = [math.floor(x) for x in exact]
+    for lab in sorted(range(n), key=lambda lab: (counts[lab] - exact[lab], lab))[:total - sum(counts)]:
+        counts[lab] += 1
+    present = [lab for lab in range(n) if seen[lab]]
+    least = min(cfg.batch_size, total // max(1, len(present)))
+    for lab in present:
+        while counts[lab] < least:  # the largest count is above `least` while any present label is below it
+            donor = max(range(n), key=lambda d: (counts[d], -d))
+            counts[donor], counts[lab] = counts[donor] - 1, counts[lab] + 1
+    return counts
+
+
+def batch_plan(counts: list[int], batch_size: int) -> list[tuple[int, int, int]]:
+    """(batch_id, label, n) for every batch, ``counts[label]`` samples per label. An id depends only on the label and
+    the batch's number within it, and the counts only on the config and the seed's k-shot set, so a resumed build
+    plans the same batches and skips the finished ones."""
+    plan = []
+    for label, count in enumerate(counts):
+        for j in range(math.ceil(count / batch_size)):
+            plan.append((label * BATCH_STRIDE + j, label, min(batch_size, count - j * batch_size)))
+    return plan
+
+
+def auto_max_new_tokens(task, tok, kshot: list[dict]) -> tuple[int, int]:
+    """(max_new_tokens, longest k-shot target in tokens): 1.5 x the longest target, rounded up, plus 8, so a sample
+    as long as the longest real example still ends with room to spare."""
+    longest = max(len(tok(target(task, e), add_special_tokens=False)["input_ids"]) for e in kshot)
+    return math.ceil(1.5 * longest) + 8, longest

@@ -1,0 +1,214 @@
+"""Build a knowledge store: soft prompt -> generate -> parse -> filter -> embed -> teacher-label -> agreement filter ->
+FAISS store. ``--source oracle`` builds a reference store instead: training inputs (minus the seed's k-shot examples)
+through the same filter / label / embed / write path, with no prompt tuning or generation.
+
+Every stage that costs minutes is checkpointed in the output folder, so an interrupted build re-run with the same
+command continues from its last finished batch: the tuned prompt (``prompt/``, ``prompt-rl/``), each rank's shard
+of labelled candidates (``shards/rank-<k>/``: one part per generation batch, its own ``build_log.jsonl``). The
+duplicate filters then run over all shards in batch order into the store itself (``parts/``, ``build_log.jsonl``,
+the index, the manifest); see :mod:`retrikt.store.shard`. The stages live beside this orchestrator in
+:mod:`retrikt.pipeline` (config, plan, prompt, refine, filters, oracle); :mod:`retrikt.store` keeps only storage. ``accelerate launch`` runs it on N ranks, plain
+``python -m retrikt.build`` on one: the same code with one shard.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from retrikt import models
+from retrikt.io import RetriktError, append_jsonl
+from retrikt.pipeline.config import BuildConfig
+from retrikt.pipeline.filters import Filter, agreement, label_entries, summarise_log
+from retrikt.pipeline.oracle import oracle_draw, oracle_inputs
+from retrikt.pipeline.plan import BATCH_STRIDE, auto_max_new_tokens, batch_plan, label_counts
+from retrikt.pipeline.prompt import check_rl_backend, shared_generator
+from retrikt.progress import progress
+from retrikt.store.samples import condition, embedding_dim, example_key
+from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
+from retrikt.tasks import get_task, load_split, sample_few_shot
+from retrikt.teacher.adapted import adapt_config
+from retrikt.teacher.labeller import make_labeller
+from retrikt.teacher.lm import LMClassifier
+
+logger = logging.getLogger(__name__)
+
+
+def labeller_spec(cfg: BuildConfig) -> dict:
+    """What labels the store, as the manifest records it beside the generator (``teacher``)."""
+    spec = {"kind": cfg.labeller, "model": cfg.labeller_model or cfg.teacher}
+    if cfg.labeller == "adapted":
+        spec["recipe"] = {k: v for k, v in asdict(adapt_config(cfg)).items() if k != "teacher_cache"}
+    elif cfg.labeller == "icl":
+        spec.update(demos=cfg.label_demos, calibration=cfg.label_calibration)
+    else:
+        spec["calibration"] = cfg.label_calibration
+    return spec
+
+
+def _labeller(cfg: BuildConfig, task, kshot: list[dict], model, tok, state) -> LMClassifier:
+    """The store's labeller; the generator's loaded copy serves it unless it is another model or adapted."""
+    from retrikt.dist import rank_device
+    same = (cfg.labeller_model or cfg.teacher) == cfg.teacher
+    if cfg.labeller == "adapted" and not state.is_main_process:
+        state.wait_for_everyone()  # rank 0 trains (or finds) the adapter first; the others then load it
+    clf, info = make_labeller(cfg.labeller, cfg.labeller_model or cfg.teacher, task, kshot, cfg.seed,
+                              demos=cfg.label_demos, calibration=cfg.label_calibration, adapt=adapt_config(cfg),
+                              device=rank_device(cfg.device), model=model if same else None,
+                              tokenizer=tok if same else None)
+    if cfg.labeller == "adapted" and state.is_main_process:
+        state.wait_for_everyone()
+    logger.info("labeller: %s", info)
+    return clf
+
+
+def _load_models(cfg: BuildConfig, state):
+    """The generator (none for an oracle store: its labeller loads what it needs) and the embedder."""
+    from retrikt.dist import rank_device
+    device = rank_device(cfg.device)
+    model = tok = None
+    if cfg.source == "generated":
+        # Ranks load at once: a missing cache entry is built by one of them while the others wait on its lock.
+        models.check_ram(cfg.teacher)
+        model, tok = models.load_causal_lm(cfg.teacher, device=device)
+    return model, tok, models.load_sentence_transformer(cfg.embedder, device=device)
+
+
+def _resolve_max_new_tokens(cfg: BuildConfig, task, tok, kshot: list[dict]) -> tuple[BuildConfig, dict]:
+    """The config with --max-new-tokens 0 (auto) replaced by the chosen length, and what the manifest records of
+    the choice; the manifest's config then holds the length the samples were generated with."""
+    if cfg.max_new_tokens < 0:
+        raise RetriktError(f"--max-new-tokens must be >= 0 (0 = auto), got {cfg.max_new_tokens}")
+    if cfg.max_new_tokens or cfg.source == "oracle":
+        return cfg, {}
+    chosen, longest = auto_max_new_tokens(task, tok, kshot)
+    logger.info("--max-new-tokens auto: %d (the longest of the %d k-shot targets is %d teacher tokens)", chosen,
+                len(kshot), longest)
+    return dataclasses.replace(cfg, max_new_tokens=chosen), {"max_new_tokens_auto": {"longest_kshot_target": longest,
+                                                                                     "chosen": chosen}}
+
+
+def _generated_draw(cfg: BuildConfig, task, gen):
+    """A batch of samples for :func:`generate_shard`: ``n`` generations conditioned on ``label``, seeded by the
+    batch id, so a re-run batch generates the same samples."""
+    def draw(batch_id: int, label: int, n: int) -> list[dict]:
+        samples = gen.generate([condition(task, label, cfg.task_text)], n_per_condition=n,
+                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                               batch_size=cfg.batch_size, seed=cfg.seed * 1_000_003 + batch_id,
+                               max_time=cfg.batch_timeout)
+        return [dict(s, label=label) for s in samples]
+    return draw
+
+
+def generate_shard(cfg: BuildConfig, draw, filt: Filter, labeller: LMClassifier, embedder, meta: dict,
+                   folder: Path, batches: list[tuple[int, int, int]]) -> None:
+    """Draw (generate, or take the oracle inputs of), filter and label ``batches`` into the shard ``folder``;
+    batches it already holds are skipped. ``draw(batch_id, label, n)`` gives a batch's samples."""
+    from retrikt.store import StoreWriter
+    with StoreWriter(folder, meta) as shard:
+        repair_log(folder / LOG)
+        done = shard.done_batches()
+        todo = [b for b in batches if b[0] not in done]
+        logger.info("%s: %d of %d batches left", folder, len(todo), len(batches))
+        for batch_id, label, n in progress(todo, desc=f"batches {folder.name}", leave=False):
+            tg = time.perf_counter()
+            samples = draw(batch_id, label, n)
+            gen_s = time.perf_counter() - tg
+            kept, emb, stats = filt(samples, embedder)
+            entries = label_entries(labeller, kept)
+            keep, agreed = agreement(kept, entries, cfg.min_agreement)
+            entries = [entries[i] for i in keep]
+            for e in entries:
+                e["meta"][BATCH_TAG] = batch_id
+            append_jsonl(folder / LOG, stats | agreed | {
+                "batch_id": batch_id, "label": label, "candidates": len(entries), "generate_seconds": gen_s,
+                "shard": folder.name, "new_tokens": sum(len(s.get("tokens", ())) for s in samples)})
+            shard.add_batch(batch_id, entries, emb[keep])
+
+
+def _task_data(task, cfg: BuildConfig) -> tuple[list[dict], list[dict], set[str]]:
+    """The training split, its k-shot examples (the prompt is tuned and the labeller adapted on them), and the keys
+    no entry may have: every train / validation example for a generated store (copies); for an oracle store, drawn
+    from the training split, the validation and k-shot examples (also training inputs with the same text)."""
+    pool = load_split(task, "train", data_dir=cfg.data_dir)
+    kshot = sample_few_shot(pool, n=cfg.shots, seed=cfg.seed) if cfg.shots else pool
+    forbidden = {example_key(task, e) for e in (pool if cfg.source == "generated" else kshot)}
+    forbidden |= {example_key(task, e) for e in load_split(task, "validation", data_dir=cfg.data_dir)}
+    return pool, kshot, forbidden
+
+
+def _check_config(task, cfg: BuildConfig) -> None:
+    if task.is_regression:
+        raise RetriktError(f"store building conditions generation on a label; {task.name} is a regression task")
+    if cfg.source == "oracle" and cfg.rl != "none":
+        raise RetriktError(f"--source oracle generates nothing, so --rl {cfg.rl} has no prompt to refine")
+    if cfg.source == "oracle" and not cfg.shots:
+        raise RetriktError("--source oracle draws the training inputs outside the k-shot set; --shots 0 takes them "
+                           "all")
+    if not 0 <= cfg.min_agreement <= 1:
+        raise RetriktError(f"--min-agreement is a probability (0 disables the filter), got {cfg.min_agreement}")
+
+
+def _meta(cfg: BuildConfig, task, embedder, kshot: list[dict], counts: list[int]) -> dict:
+    return {"task": task.name, "teacher": cfg.teacher, "config": asdict(cfg),
+            "embedder": {"name": cfg.embedder, "dim": embedding_dim(embedder), "normalize": True},
+            "source": cfg.source, "generator": cfg.teacher if cfg.source == "generated" else None,
+            "labeller": labeller_spec(cfg), "seed": cfg.seed, "kshot_idx": [e["idx"] for e in kshot],
+            "label_counts": counts}
+
+
+def build_store(cfg: BuildConfig) -> Path:
+    """Run (or resume) a whole build; returns the store folder, finished when this returns.
+
+    Under ``accelerate launch`` every rank runs this: rank 0 tunes the prompt, each rank generates its round-robin
+    share of the batches into its shard, rank 0 merges the shards. One process is the same with one shard."""
+    from retrikt.dist import process_state
+    from retrikt.store import StoreWriter
+    task = get_task(cfg.task)
+    _check_config(task, cfg)
+    suffix = "-oracle" if cfg.source == "oracle" else ""
+    out = Path(cfg.out or f"stores/{task.name}-{cfg.teacher.replace('/', '_')}{suffix}")
+    state = process_state(cfg.dist_timeout)
+    check_rl_backend(cfg, out, state.num_processes)
+    pool, kshot, forbidden = _task_data(task, cfg)
+    t0 = time.perf_counter()
+    model, tok, embedder = _load_models(cfg, state)
+    cfg, auto = _resolve_max_new_tokens(cfg, task, tok, kshot)
+    counts = label_counts(task, cfg, kshot)
+    drawn = oracle_inputs(task, pool, kshot, counts, cfg.seed) if cfg.source == "oracle" else None
+    if drawn is not None:  # a label may run out of training inputs
+        counts = [len(drawn[lab]) for lab in range(task.num_labels)]
+    plan = batch_plan(counts, cfg.batch_size)
+    meta = _meta(cfg, task, embedder, kshot, counts) | auto
+    # Rank 0 holds the store folder's lock for the whole build, so a second build into it is refused at once.
+    with StoreWriter(out, meta) if state.is_main_process else contextlib.nullcontext() as writer:
+        labeller = _labeller(cfg, task, kshot, model, tok, state)
+        if drawn is not None:
+            draw = oracle_draw(task, drawn, cfg.batch_size, BATCH_STRIDE)
+        else:
+            draw = _generated_draw(cfg, task, shared_generator(cfg, task, model, tok, kshot, embedder, out, state,
+                                                               labeller))
+        filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient", keep_unfinished=cfg.keep_unfinished,
+                      drop_label_words=cfg.drop_label_words)
+        generate_shard(cfg, draw, filt, labeller, embedder, meta, shard_dir(out, state.process_index),
+                       rank_batches(plan, state.process_index, state.num_processes))
+        state.wait_for_everyone()
+        if writer is not None:
+            _finish(writer, task, plan, out, cfg, state.num_processes, t0)
+    state.wait_for_everyone()
+    return out
+
+
+def _finish(writer, task, plan: list[tuple[int, int, int]], out: Path, cfg: BuildConfig, world: int,
+            t0: float) -> None:
+    """Rank 0: merge the shards through the duplicate filters, write the index and the manifest."""
+    stats = summarise_log(merge_shards(writer, task, plan, out, cfg.dedup_threshold))
+    writer.finalize(index_kind=cfg.index, extra_meta={"stats": stats, "world_size": world,
+                                                      "build_seconds": time.perf_counter() - t0})
+    logger.info("store %s: %d entries of %d %s; filters caught %d unfinished, %d naming their label, "
+                "%d disagreeing; keep rate %.2f, teacher agreement %.2f", out, stats["kept"], stats["generated"],
+                "drawn inputs" if cfg.source == "oracle" else "samples", stats["unfinished"], stats["label_words"],
+                stats["disagree"], stats["keep_rate"], stats["agreement"])
