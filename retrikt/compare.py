@@ -116,7 +116,8 @@ def store_path(cfg: CompareConfig, task: str, seed: int) -> Path:
 
 
 def ensure_store(cfg: CompareConfig, task: str, seed: int) -> Path:
-    from retrikt.store.build import SMOKE, BuildConfig, build_store
+    from retrikt.pipeline.config import SMOKE, BuildConfig
+    from retrikt.pipeline.run import build_store
     path = store_path(cfg, task, seed)
     if (path / "manifest.json").exists():
         return path

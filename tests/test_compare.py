@@ -180,7 +180,7 @@ def test_two_seeds_build_two_stores_and_each_seeds_runs_use_their_own(tmp_path, 
     import json
 
     from retrikt.teacher.softprompt import SoftPromptGenerator
-    from tests.store.test_build import _fake_generate
+    from tests.pipeline.test_build import _fake_generate
     monkeypatch.setattr(SoftPromptGenerator, "generate", _fake_generate)  # parseable samples from the tiny teacher
     args = _args(tmp_path)
     i = args.index("--methods")
