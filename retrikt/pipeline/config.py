@@ -58,6 +58,10 @@ class BuildConfig(AdaptConfig):
     batch_size: int = arg(8, help="generation batch size (left-padded, KV cache)")
     batch_timeout: float = arg(600.0, help="wall-clock seconds allowed per generation batch")
     dedup_threshold: float = arg(0.95, help="drop a sample whose embedding cosine to a kept one is above this")
+    gen_demos: int = arg(0, help="same-label k-shot examples shown in the generator's context, drawn anew for every "
+                                 "sample (tuning pairs show others than their target)")
+    chat_template: bool = arg(False, help="wrap the generator's condition in the teacher's chat template (an "
+                                          "Instruct model then ends its sample with its end-of-turn token)")
     task_text: str = arg("name", help="how the generator's condition and the soft prompt's init text name the "
                                       "task: name (its id) | description (its one-line description)",
                          choices=["name", "description"])
@@ -96,6 +100,9 @@ def prompt_key(cfg: BuildConfig) -> str:
     blob = {k: getattr(cfg, k) for k in keys}
     if cfg.task_text != "name":  # prompts tuned before the option existed keep their key
         blob["task_text"] = cfg.task_text
+    for k in ("gen_demos", "chat_template"):  # likewise
+        if getattr(cfg, k):
+            blob[k] = getattr(cfg, k)
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -2,7 +2,8 @@
 
 Per batch, in this order: parse; drop copies of forbidden examples and repeats within the batch; drop samples cut
 off before end-of-sequence and samples that name their own conditioned label (:class:`Filter`, before embedding, so
-no dropped sample is embedded); label; drop samples the labeller disagrees with (:func:`agreement`, necessarily after
+no dropped sample is embedded); drop near-copies (cosine above the dedup threshold) of the k-shot examples the
+generator may have been shown; label; drop samples the labeller disagrees with (:func:`agreement`, necessarily after
 labelling). Every filter counts what it catches in the batch's build-log record, whether or not it drops it. The
 filters against earlier batches (duplicates of anything accepted before) run when the shards are merged
 (:class:`retrikt.store.shard.Dedup`).
@@ -21,9 +22,11 @@ class Filter:
     ``drop_label_words``."""
 
     def __init__(self, task, forbidden: set[str], lenient: bool = False, keep_unfinished: bool = False,
-                 drop_label_words: bool = True):
+                 drop_label_words: bool = True, reference: np.ndarray | None = None, threshold: float = 0.95):
         self.task, self.forbidden, self.lenient = task, forbidden, lenient
         self.keep_unfinished, self.drop_label_words = keep_unfinished, drop_label_words
+        # embeddings of the k-shot examples: a generator shown them as demonstrations may paraphrase them closely
+        self.reference, self.threshold = reference, threshold
 
     def __call__(self, samples: list[dict], embedder) -> tuple[list[dict], np.ndarray, dict]:
         stats = {"generated": len(samples), "parsed": 0, "copies": 0, "exact_dups": 0, "unfinished": 0,
@@ -45,6 +48,10 @@ class Filter:
                 if entry is not None:
                     kept.append(entry)
         emb = embed_texts(embedder, [embed_text(self.task, k["fields"]) for k in kept])
+        if self.reference is not None and len(self.reference) and len(kept):
+            near = (emb @ self.reference.T).max(1) > self.threshold
+            stats["copies"] += int(near.sum())
+            kept, emb = [k for k, n in zip(kept, near) if not n], emb[~near]
         return kept, emb, stats
 
     def _candidate(self, s: dict, fields: dict, stats: dict) -> dict | None:

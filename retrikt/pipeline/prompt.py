@@ -7,7 +7,8 @@ from pathlib import Path
 
 from retrikt.io import RetriktError
 from retrikt.pipeline.config import BuildConfig, prompt_key, refine_key
-from retrikt.store.samples import condition, target, task_text
+from retrikt.pipeline.conditions import Conditioner
+from retrikt.store.samples import task_text
 
 logger = logging.getLogger(__name__)
 
@@ -21,12 +22,15 @@ def tuned_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], out: 
     gen = SoftPromptGenerator(model, tok, n_virtual=cfg.prompt_tokens,
                               init_text=f"Write a new example of the {task_text(task, cfg.task_text)} task with "
                                         "the given label.")
-    pairs = [(condition(task, int(e["label"]), cfg.task_text), target(task, e)) for e in kshot]
     lr = cfg.prompt_lr or 0.25 * gen.embedding_rms()
-    logger.info("prompt tuning lr %.2g (token-embedding RMS %.3g)", lr, gen.embedding_rms())
-    log = gen.train_supervised(pairs, SoftPromptConfig(lr=lr, epochs=cfg.prompt_epochs,
-                                                       batch_size=cfg.prompt_batch_size, seed=cfg.seed))
-    gen.save(folder, meta={"key": key, "lr": lr, "loss_first": log[0]["loss"], "loss_last": log[-1]["loss"]})
+    meta = {"key": key, "lr": lr}
+    if cfg.prompt_epochs > 0:  # 0: the instruction's own embeddings, untuned (the A/B's baseline)
+        logger.info("prompt tuning lr %.2g (token-embedding RMS %.3g)", lr, gen.embedding_rms())
+        log = gen.train_supervised(Conditioner(cfg, task, tok, kshot).pairs(kshot, cfg.seed),
+                                   SoftPromptConfig(lr=lr, epochs=cfg.prompt_epochs, batch_size=cfg.prompt_batch_size,
+                                                    seed=cfg.seed))
+        meta |= {"loss_first": log[0]["loss"], "loss_last": log[-1]["loss"]}
+    gen.save(folder, meta=meta)
     gen.snapshot_reference()
     return gen
 

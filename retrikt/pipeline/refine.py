@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from retrikt.io import RetriktError
+from retrikt.pipeline.conditions import Conditioner
 from retrikt.pipeline.config import refine_key
 from retrikt.rl.reward import RewardConfig, compute_rewards
-from retrikt.store.samples import condition, embed_text, embed_texts, parse
+from retrikt.store.samples import embed_text, embed_texts, parse
 from retrikt.teacher.lm import LMClassifier
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,8 @@ def refine_prompt(cfg, task, gen, model, tok, kshot: list[dict], embedder, out: 
         return SoftPromptGenerator.load(folder, model, tok)
     reward_fn = make_reward_fn(task, labeller, embedder, kshot, lenient=cfg.parse_mode == "lenient")
     labels = list(range(task.num_labels))
-    conditions = [condition(task, y, cfg.task_text) for y in labels]
+    rng = random.Random(cfg.seed)  # one fixed context per label: the reward compares samples of one condition
+    conditions = [Conditioner(cfg, task, tok, kshot)(y, rng) for y in labels]
     log_path = Path(out) / "rl_log.jsonl"
     log_path.unlink(missing_ok=True)  # a new run: the old log belongs to an unfinished or different refinement
     if cfg.rl == "ppo":

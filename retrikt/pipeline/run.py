@@ -25,9 +25,10 @@ from retrikt.pipeline.config import BuildConfig
 from retrikt.pipeline.filters import Filter, agreement, label_entries, summarise_log
 from retrikt.pipeline.oracle import oracle_draw, oracle_inputs
 from retrikt.pipeline.plan import BATCH_STRIDE, auto_max_new_tokens, batch_plan, label_counts
+from retrikt.pipeline.conditions import Conditioner
 from retrikt.pipeline.prompt import check_rl_backend, shared_generator
 from retrikt.progress import progress
-from retrikt.store.samples import condition, embedding_dim, example_key
+from retrikt.store.samples import embed_text, embed_texts, embedding_dim, example_key
 from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
 from retrikt.tasks import get_task, load_split, sample_few_shot
 from retrikt.teacher.adapted import adapt_config
@@ -91,14 +92,14 @@ def _resolve_max_new_tokens(cfg: BuildConfig, task, tok, kshot: list[dict]) -> t
                                                                                      "chosen": chosen}}
 
 
-def _generated_draw(cfg: BuildConfig, task, gen):
+def _generated_draw(cfg: BuildConfig, task, gen, conditioner):
     """A batch of samples for :func:`generate_shard`: ``n`` generations conditioned on ``label``, seeded by the
-    batch id, so a re-run batch generates the same samples."""
+    batch id (sampling and the demonstrations' draw), so a re-run batch generates the same samples."""
     def draw(batch_id: int, label: int, n: int) -> list[dict]:
-        samples = gen.generate([condition(task, label, cfg.task_text)], n_per_condition=n,
+        seed = cfg.seed * 1_000_003 + batch_id
+        samples = gen.generate(conditioner.batch(label, n, seed), n_per_condition=1,
                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                               batch_size=cfg.batch_size, seed=cfg.seed * 1_000_003 + batch_id,
-                               max_time=cfg.batch_timeout)
+                               batch_size=cfg.batch_size, seed=seed, max_time=cfg.batch_timeout)
         return [dict(s, label=label) for s in samples]
     return draw
 
@@ -189,10 +190,11 @@ def build_store(cfg: BuildConfig) -> Path:
         if drawn is not None:
             draw = oracle_draw(task, drawn, cfg.batch_size, BATCH_STRIDE)
         else:
-            draw = _generated_draw(cfg, task, shared_generator(cfg, task, model, tok, kshot, embedder, out, state,
-                                                               labeller))
+            gen = shared_generator(cfg, task, model, tok, kshot, embedder, out, state, labeller)
+            draw = _generated_draw(cfg, task, gen, Conditioner(cfg, task, tok, kshot))
+        reference = embed_texts(embedder, [embed_text(task, e) for e in kshot]) if drawn is None else None
         filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient", keep_unfinished=cfg.keep_unfinished,
-                      drop_label_words=cfg.drop_label_words)
+                      drop_label_words=cfg.drop_label_words, reference=reference, threshold=cfg.dedup_threshold)
         generate_shard(cfg, draw, filt, labeller, embedder, meta, shard_dir(out, state.process_index),
                        rank_batches(plan, state.process_index, state.num_processes))
         state.wait_for_everyone()

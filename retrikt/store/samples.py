@@ -27,8 +27,24 @@ def task_text(task, how: str = "name") -> str:
     return task.description if how == "description" else task.name
 
 
-def condition(task, label: int, how: str = "name") -> str:
-    return f"task: {task_text(task, how)}\nlabel: {task.label_names[label]}\n{task.text_fields[0]}:"
+def condition(task, label: int, how: str = "name", demos: list[dict] | tuple = ()) -> str:
+    """What the generator continues: ``demos`` (examples of the same label, serialised with their task and label
+    lines) and then the label's header ending in the first field's cue."""
+    head = f"task: {task_text(task, how)}\nlabel: {task.label_names[label]}\n"
+    shots = "".join(head + serialise(task, d) + "\n\n" for d in demos)
+    return f"{shots}{head}{task.text_fields[0]}:"
+
+
+def chat_condition(tokenizer, task, label: int, how: str = "name", demos: list[dict] | tuple = ()) -> str:
+    """:func:`condition` inside an Instruct model's chat template: the request and the demonstrations are the user's
+    turn, the answer's header is already written in the assistant's. The model then ends its answer with its
+    end-of-turn token, which is the tokenizer's EOS for Qwen2.5-Instruct, so samples stop instead of running on."""
+    examples = "".join(f"label: {task.label_names[label]}\n{serialise(task, d)}\n\n" for d in demos)
+    ask = (f"Write one new, original example for this task: {task.description} Its label must be "
+           f"'{task.label_names[label]}'. Write each field on its own line as 'field: text'"
+           + (f", like these examples:\n\n{examples}" if demos else ".") + " Do not copy the examples.")
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": ask}], tokenize=False, add_generation_prompt=True)
+    return chat + condition(task, label, how)
 
 
 def serialise(task, example: dict) -> str:

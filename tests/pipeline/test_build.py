@@ -15,7 +15,7 @@ def _fake_generate(self, conditions, n_per_condition=1, seed=0, **kw):
     """Deterministic, parseable samples that depend on the seed (like real sampling) and include one copy and
     one exact duplicate per batch."""
     out = []
-    for i in range(n_per_condition):
+    for i in range(len(conditions) * n_per_condition):  # one row per condition (the build sends n of them)
         w = [WORDS[(seed * 7 + i * 3 + j) % len(WORDS)] for j in range(6)]
         text = f" {' '.join(w[:3])} {seed % 997} {i}\nhypothesis: {' '.join(w[3:])} {seed % 991}"
         out.append({"condition": conditions[0], "text": text, "tokens": [1] * 10, "finished": True})
