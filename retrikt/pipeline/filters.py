@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrikt.store.samples import embed_text, embed_texts, example_key, names_label, parse
+from retrikt.store.samples import embed_examples, example_key, names_label, parse
 
 
 class Filter:
@@ -22,11 +22,13 @@ class Filter:
     ``drop_label_words``."""
 
     def __init__(self, task, forbidden: set[str], lenient: bool = False, keep_unfinished: bool = False,
-                 drop_label_words: bool = True, reference: np.ndarray | None = None, threshold: float = 0.95):
+                 drop_label_words: bool = True, reference: np.ndarray | None = None, threshold: float = 0.95,
+                 pair_format: str = "pair"):
         self.task, self.forbidden, self.lenient = task, forbidden, lenient
         self.keep_unfinished, self.drop_label_words = keep_unfinished, drop_label_words
         # embeddings of the k-shot examples: a generator shown them as demonstrations may paraphrase them closely
         self.reference, self.threshold = reference, threshold
+        self.pair_format = pair_format
 
     def __call__(self, samples: list[dict], embedder) -> tuple[list[dict], np.ndarray, dict]:
         stats = {"generated": len(samples), "parsed": 0, "copies": 0, "exact_dups": 0, "unfinished": 0,
@@ -47,7 +49,7 @@ class Filter:
                 entry = self._candidate(s, fields, stats)
                 if entry is not None:
                     kept.append(entry)
-        emb = embed_texts(embedder, [embed_text(self.task, k["fields"]) for k in kept])
+        emb = embed_examples(embedder, self.task, [k["fields"] for k in kept], self.pair_format)
         if self.reference is not None and len(self.reference) and len(kept):
             near = (emb @ self.reference.T).max(1) > self.threshold
             stats["copies"] += int(near.sum())

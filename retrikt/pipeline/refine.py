@@ -20,7 +20,7 @@ from retrikt.io import RetriktError
 from retrikt.pipeline.conditions import Conditioner
 from retrikt.pipeline.config import refine_key
 from retrikt.rl.reward import RewardConfig, compute_rewards
-from retrikt.store.samples import embed_text, embed_texts, parse
+from retrikt.store.samples import embed_examples, parse
 from retrikt.teacher.lm import LMClassifier
 
 logger = logging.getLogger(__name__)
@@ -38,9 +38,9 @@ def make_reward_fn(task, labeller: LMClassifier, embedder, kshot: list[dict], le
         return parse(task, text, lenient=lenient)
 
     def embed_generated(texts: list[str]) -> np.ndarray:
-        return embed_texts(embedder, [embed_text(task, parse_fn(t) or {f: t for f in task.text_fields}) for t in texts])
+        return embed_examples(embedder, task, [parse_fn(t) or {f: t for f in task.text_fields} for t in texts])
 
-    accepted = embed_texts(embedder, [embed_text(task, e) for e in kshot]) if kshot else None
+    accepted = embed_examples(embedder, task, kshot) if kshot else None
     return functools.partial(compute_rewards, parse_fn=parse_fn, quality_fn=quality, embed_fn=embed_generated,
                              accepted_embeddings=accepted, cfg=cfg or RewardConfig())
 

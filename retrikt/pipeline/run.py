@@ -28,7 +28,7 @@ from retrikt.pipeline.plan import BATCH_STRIDE, auto_max_new_tokens, batch_plan,
 from retrikt.pipeline.conditions import Conditioner
 from retrikt.pipeline.prompt import check_rl_backend, shared_generator
 from retrikt.progress import progress
-from retrikt.store.samples import embed_text, embed_texts, embedding_dim, example_key
+from retrikt.store.samples import embed_examples, embedding_dim, example_key
 from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
 from retrikt.tasks import get_task, load_split, sample_few_shot
 from retrikt.teacher.adapted import adapt_config
@@ -155,7 +155,8 @@ def _check_config(task, cfg: BuildConfig) -> None:
 
 def _meta(cfg: BuildConfig, task, embedder, kshot: list[dict], counts: list[int]) -> dict:
     return {"task": task.name, "teacher": cfg.teacher, "config": asdict(cfg),
-            "embedder": {"name": cfg.embedder, "dim": embedding_dim(embedder), "normalize": True},
+            "embedder": {"name": cfg.embedder, "dim": embedding_dim(embedder), "normalize": True,
+                         "pair_format": "pair"},
             "source": cfg.source, "generator": cfg.teacher if cfg.source == "generated" else None,
             "labeller": labeller_spec(cfg), "seed": cfg.seed, "kshot_idx": [e["idx"] for e in kshot],
             "label_counts": counts}
@@ -192,7 +193,7 @@ def build_store(cfg: BuildConfig) -> Path:
         else:
             gen = shared_generator(cfg, task, model, tok, kshot, embedder, out, state, labeller)
             draw = _generated_draw(cfg, task, gen, Conditioner(cfg, task, tok, kshot))
-        reference = embed_texts(embedder, [embed_text(task, e) for e in kshot]) if drawn is None else None
+        reference = embed_examples(embedder, task, kshot) if drawn is None else None
         filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient", keep_unfinished=cfg.keep_unfinished,
                       drop_label_words=cfg.drop_label_words, reference=reference, threshold=cfg.dedup_threshold)
         generate_shard(cfg, draw, filt, labeller, embedder, meta, shard_dir(out, state.process_index),

@@ -49,7 +49,8 @@ def _check_meta(meta: dict, where: str = "store meta") -> dict:
     emb = _embedder_spec(meta["embedder"])
     if not isinstance(emb.get("dim"), int) or emb["dim"] < 1:
         raise RetriktError(f"{where}: embedder needs an integer 'dim' >= 1, got {emb.get('dim')!r}")
-    emb = {"name": emb["name"], "dim": emb["dim"], "normalize": bool(emb.get("normalize", True))}
+    emb = {"name": emb["name"], "dim": emb["dim"], "normalize": bool(emb.get("normalize", True)),
+           **({"pair_format": emb["pair_format"]} if emb.get("pair_format") else {})}
     return dict(meta, task=str(meta["task"]), teacher=str(meta["teacher"]), embedder=emb,
                 config=dict(meta.get("config") or {}))
 

@@ -77,3 +77,38 @@ def test_a_sample_names_its_label_by_name_or_specific_verbaliser(task, label, te
 def test_generic_answer_words_never_name_a_label():
     assert label_words(get_task("cb"), 0) == ["entailment"] and label_words(get_task("boolq"), 1) == []
     assert label_words(get_task("sst2"), 0) == ["negative"]
+
+
+def test_pair_tasks_embed_as_sentence_pairs_and_stores_record_the_format():
+    import numpy as np
+
+    from retrikt import models
+    from retrikt.store.samples import embed_examples, pair_format
+    from retrikt.store.schema import _check_meta
+    from retrikt.tasks import get_task
+    st = models.load_sentence_transformer("tiny-encoder")
+    task = get_task("rte")
+    exs = [{"sentence1": "the man ran", "sentence2": "he ran", "label": 0},
+           {"sentence1": "a dog sat", "sentence2": "the cat sat on it", "label": 1}]
+    pair, newline = embed_examples(st, task, exs, "pair"), embed_examples(st, task, exs, "newline")
+    assert pair.shape == newline.shape == (2, st.get_sentence_embedding_dimension())
+    np.testing.assert_allclose(np.linalg.norm(pair, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(pair, newline)  # [CLS] a [SEP] b [SEP], not "a b"
+    meta = _check_meta({"task": "rte", "teacher": "t", "embedder": {"name": "e", "dim": 4, "pair_format": "pair"}})
+    assert pair_format(meta) == "pair" and pair_format({"embedder": {"name": "e", "dim": 4}}) == "newline"
+
+
+@pytest.mark.slow
+def test_a_minilm_students_query_equals_its_pair_key_at_initialisation():
+    import numpy as np
+
+    from retrikt import models
+    from retrikt.store.samples import embed_examples
+    from retrikt.student.encoder import EncoderClassifier
+    from retrikt.tasks import get_task
+    task = get_task("rte")
+    exs = [{"sentence1": "No one came to the party.", "sentence2": "The party was crowded.", "label": 1}]
+    key = embed_examples(models.load_sentence_transformer("minilm-l6"), task, exs, "pair")
+    enc, tok = models.load_encoder("minilm-l6")
+    query = EncoderClassifier(enc, tok, task).encode(exs)
+    np.testing.assert_allclose((key * query).sum(1), 1.0, atol=1e-4)
