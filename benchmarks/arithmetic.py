@@ -30,7 +30,7 @@ from retrikt.config import parse_config
 from retrikt.eval.results import fmt_mean_std
 from retrikt.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, run_metadata
 from retrikt.logs import setup_logging
-from retrikt.student.methods import resolve_device
+from retrikt.methods.base import resolve_device
 
 from benchmarks.arithmetic_classify import run_distribution, run_multitask
 from benchmarks.arithmetic_common import EXPERIMENTS, PROMPTS, ArithmeticBench, fingerprint

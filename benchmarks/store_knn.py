@@ -20,7 +20,7 @@ from retrikt import models
 from retrikt.config import arg, parse_config
 from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store import Store
-from retrikt.store.samples import embed_text, embed_texts
+from retrikt.store.samples import embed_examples, pair_format
 from retrikt.teacher.lm import calibration_applies
 from retrikt.student.retrieval import neighbour_vote
 from retrikt.tasks import compute_metrics, get_task, load_split, sample_few_shot
@@ -83,7 +83,8 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
     embedder = models.load_sentence_transformer(store.manifest["embedder"]["name"])
     val = load_split(task, "validation", data_dir=cfg.data_dir)
     gold = [e["label"] for e in val]
-    q = embed_texts(embedder, [embed_text(task, e) for e in val])
+    fmt = pair_format(store.manifest)
+    q = embed_examples(embedder, task, val, fmt)
     entries = store.entries(range(len(store)))
     n = task.num_labels
     soft = np.asarray([e.get("soft_label") or _onehot(e["label"], n) for e in entries], dtype=np.float32)
@@ -100,9 +101,11 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
                             "calibrated": float((cal.argmax(1) == conditioned).mean())}
     pool = load_split(task, "train", data_dir=cfg.data_dir)
     per_seed, both = [], []
-    for seed in cfg.seeds:
+    # a per-seed store is compared with its own seed's k-shot set, the only labelled data its build saw
+    seeds = [store.manifest["seed"]] if "seed" in store.manifest else cfg.seeds
+    for seed in seeds:
         shot = sample_few_shot(pool, n=cfg.shots, seed=seed)  # the k-shot set retrikt.train gives the student
-        mem = embed_texts(embedder, [embed_text(task, e) for e in shot])
+        mem = embed_examples(embedder, task, shot, fmt)
         shot_y = _onehot([e["label"] for e in shot], n)
         per_seed.append(_scores(task, gold, q, mem, shot_y, cfg.ks, cfg.tau))
         both.append(_scores(task, gold, q, np.concatenate([keys, mem]), np.concatenate([soft, shot_y]), cfg.ks,

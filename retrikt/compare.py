@@ -2,12 +2,16 @@
 
     python -m retrikt.compare --tasks cb rte copa sst2 cola --methods finetune lora kd retrikt parametric \\
         arithmetic --seeds 1 2 3 --shots 32
+    python -m retrikt.compare --tasks sst2 cola rte --methods retrikt retrikt+arithmetic   # a method + an init
+    python -m retrikt.compare --config my-recipe.yaml   # a copy of a preset file (retrikt/presets/*.yaml)
     python -m retrikt.compare --smoke        # the whole grid on tiny random models, in minutes
     python -m retrikt.compare --report-only  # the table and plots from the runs already there; runs nothing
 
 Resumable: a (method, task, seed) whose results file exists is not recomputed; stores are built (or resumed) once per
 (task, seed), each from that seed's k-shot set, so the kd / retrikt runs of a seed stay k-shot. Methods that are not
-available are listed as missing, never silently skipped.
+available are listed as missing, never silently skipped. What a row needs (a store, the other tasks' lora modules,
+one seed only, a causal-LM student) is read from its method's and initialiser's declarations (retrikt.methods,
+retrikt.init).
 """
 from __future__ import annotations
 
@@ -19,42 +23,32 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrikt.config import arg, parse_config
+from retrikt.config import arg, from_dict, load_preset, parse_config, preset_names
 from retrikt.eval import load_results, markdown_table, summarise
 from retrikt.eval.results import run_name
 from retrikt.io import RetriktError, atomic_write_text, run_metadata
+from retrikt.init import INITS, Init
 from retrikt.logs import setup_logging
+from retrikt.methods import Method, TrainConfig, check_combination, get_method, run_label
 
 logger = logging.getLogger("retrikt.compare")
 
-STORE_METHODS = {"kd", "retrikt"}
-DETERMINISTIC = {"teacher"}  # zero-shot scoring does not depend on the seed: run it once
-PRESETS = {
-    "smoke": {"student": "tiny-encoder", "lm_student": "tiny-causal", "teacher": "tiny-causal",
-              "parametric_teacher": "tiny-causal",
-              "embedder": "tiny-encoder", "shots": 8, "epochs": 2, "eval_limit": 24, "per_label": 8,
-              "seeds": [1], "out": "benchmarks/results/compare-smoke", "max_new_tokens": 24, "prompt_epochs": 2,
-              "lm_epochs": 1, "parametric_seeds": 4},
-    "default": {},
-    # make demo: the main job, small enough for a fresh 2-core CPU machine. Prompt tuning backpropagates through
-    # the whole 0.5B teacher (minutes per step on 2 cores), hence one epoch; use the default preset for real runs.
-    "demo": {"tasks": ["cb"], "methods": ["teacher", "finetune", "kd", "retrikt"], "seeds": [1], "per_label": 16,
-             "prompt_epochs": 1, "max_new_tokens": 64, "max_length": 128, "out": "benchmarks/results/compare-demo",
-             "stores": "stores/demo"},
-    "paper": {"teacher": "qwen-1.5b", "lm_student": "qwen-0.5b", "out": "benchmarks/results/compare-paper"},
-}
+PRESETS = Path(__file__).resolve().parent / "presets"   # <name>.yaml, shipped with the package
+MODULE_SOURCE = "lora"  # the row whose saved modules feed rows that need the other tasks' lora modules
 
 
 @dataclass
 class CompareConfig:
     tasks: list[str] = arg(["cb", "rte", "copa", "sst2", "cola"], help="tasks to compare on")
     methods: list[str] = arg(["teacher", "finetune", "lora", "kd", "retrikt", "parametric", "arithmetic"],
-                             help="methods to compare")
+                             help="rows to compare: a method, or METHOD+INIT for a method started from an "
+                                  "initialiser (e.g. retrikt+arithmetic: the mean of the other tasks' lora modules "
+                                  "folded into the retrieval student's encoder)")
     seeds: list[int] = arg([1, 2, 3], help="seeds (each samples its own k-shot set)")
     shots: int = arg(32, help="k-shot training examples per task (total, stratified)")
-    preset: str = arg("default", help="default | demo | smoke | paper (paper: qwen-1.5b teacher, qwen-0.5b LM "
-                                      "student)",
-                      choices=sorted(PRESETS))
+    preset: str = arg("default", help=f"a preset file of {PRESETS}: {' | '.join(preset_names(PRESETS))} (paper: "
+                                      "qwen-1.5b teacher, qwen-0.5b LM student); --config and flags override it",
+                      choices=preset_names(PRESETS))
     student: str = arg("minilm-l6", help="encoder student (finetune, lora, kd, retrikt, arithmetic: the mean of the "
                                         "other tasks' lora modules as init)")
     lm_student: str = arg("qwen-0.5b", help="causal-LM student (parametric)")
@@ -80,22 +74,57 @@ class CompareConfig:
                                         "listing every (method, task) that lacks seeds")
 
 
-def train_config(cfg: CompareConfig, method: str, task: str, seed: int):
-    from retrikt.student.methods import TrainConfig
-    lm = method == "parametric"
+@dataclass(frozen=True)
+class Row:
+    """A row of the table: a method, started from an initialiser; what it needs, read from their declarations."""
+    label: str
+    method: Method
+    init: Init
+
+    @property
+    def needs_store(self) -> bool:
+        return self.method.needs_store
+
+    @property
+    def needs_lora_modules(self) -> bool:
+        return self.method.needs_lora_modules or self.init.needs_lora_modules
+
+    @property
+    def lm(self) -> bool:
+        """Trains the causal-LM student: neither the method nor the initialiser can take the encoder."""
+        kinds = set(self.method.students) & set(self.init.students)   # empty for the teacher rows
+        return bool(kinds) and "encoder" not in kinds
+
+
+def row(label: str) -> Row:
+    """``retrikt`` or ``retrikt+arithmetic`` -> its Row (a RetriktError names an unknown method or init)."""
+    name, _, init = label.partition("+")
+    if (init or "none") not in INITS:
+        raise RetriktError(f"unknown init {init!r} in {label!r}; known: {', '.join(INITS)}")
+    return Row(label, get_method(name), INITS[init or "none"])
+
+
+def seeds_of(cfg: CompareConfig, label: str) -> list[int]:
+    return cfg.seeds[:1] if row(label).method.deterministic else cfg.seeds  # deterministic: once
+
+
+def train_config(cfg: CompareConfig, label: str, task: str, seed: int) -> TrainConfig:
+    r = row(label)
+    lm = r.lm
     extra = {}
-    if method == "lora":  # its module is a source of the arithmetic method
+    if label == MODULE_SOURCE:  # its module is a source of the rows that need the other tasks' modules
         extra["save_student"] = True
-    if method == "arithmetic":
+    if r.needs_lora_modules:
         extra.update(op="merge", adapters=[str(a) for a in source_adapters(cfg, task, seed)])
     if lm:
         extra["parametric_seeds"] = cfg.parametric_seeds
-    return TrainConfig(task=task, method=method, student=cfg.lm_student if lm else cfg.student,
-                       teacher=cfg.parametric_teacher if lm else cfg.teacher, shots=cfg.shots, seeds=[seed], data_dir=cfg.data_dir,
-                       out=str(Path(cfg.out) / "runs"), epochs=cfg.lm_epochs if lm else cfg.epochs,
-                       eval_limit=cfg.eval_limit,
+    return TrainConfig(task=task, method=r.method.name, init=r.init.name,
+                       student=cfg.lm_student if lm else cfg.student,
+                       teacher=cfg.parametric_teacher if lm else cfg.teacher, shots=cfg.shots, seeds=[seed],
+                       data_dir=cfg.data_dir, out=str(Path(cfg.out) / "runs"),
+                       epochs=cfg.lm_epochs if lm else cfg.epochs, eval_limit=cfg.eval_limit,
                        max_length=cfg.lm_max_length if lm else cfg.max_length,
-                       store=str(store_path(cfg, task, seed)) if method in STORE_METHODS else None, **extra)
+                       store=str(store_path(cfg, task, seed)) if r.needs_store else None, **extra)
 
 
 def lora_adapter(cfg: CompareConfig, task: str, seed: int) -> Path:
@@ -103,8 +132,8 @@ def lora_adapter(cfg: CompareConfig, task: str, seed: int) -> Path:
 
 
 def source_adapters(cfg: CompareConfig, task: str, seed: int) -> list[Path]:
-    """The arithmetic method's init: the mean of the LoRA modules trained (same seed, so same init) on the other
-    tasks of the grid, i.e. module addition as transfer from related tasks; then trained like ``lora``."""
+    """The arithmetic init of the grid: the mean of the LoRA modules trained (same seed, so same init) on the other
+    tasks of the grid, i.e. module addition as transfer from related tasks; then trained by the row's method."""
     return [lora_adapter(cfg, t, seed) for t in cfg.tasks if t != task]
 
 
@@ -129,8 +158,8 @@ def ensure_store(cfg: CompareConfig, task: str, seed: int) -> Path:
 
 
 def result_file(cfg: CompareConfig, tc) -> Path:
-    student = tc.teacher if tc.method.startswith("teacher") else tc.student
-    return Path(tc.out) / (run_name(tc.task, tc.method, student, tc.seeds[0]) + ".json")
+    student = tc.teacher if row(tc.method).method.students == ("teacher",) else tc.student
+    return Path(tc.out) / (run_name(tc.task, run_label(tc), student, tc.seeds[0]) + ".json")
 
 
 def _done(cfg: CompareConfig, tc) -> bool:
@@ -139,70 +168,75 @@ def _done(cfg: CompareConfig, tc) -> bool:
     path = result_file(cfg, tc)
     if not path.exists():
         return False
-    if tc.method == "lora":  # a lora result without its saved module (an older run) cannot feed arithmetic: redo it
+    r = row(run_label(tc))
+    if r.label == MODULE_SOURCE:  # a result without its saved module (an older run) cannot feed other rows: redo it
         return (lora_adapter(cfg, tc.task, tc.seeds[0]) / "adapter_config.json").exists()
     recorded = json.loads(path.read_text()).get("config", {})
-    if tc.method in STORE_METHODS and recorded.get("store") != tc.store:
+    if r.needs_store and recorded.get("store") != tc.store:
         # trained on another store (before stores were per seed: the seed-1 store for every seed)
-        logger.info("%s %s seed %d used store %s, the grid now uses %s: redoing it", tc.task, tc.method,
+        logger.info("%s %s seed %d used store %s, the grid now uses %s: redoing it", tc.task, r.label,
                     tc.seeds[0], recorded.get("store"), tc.store)
         return False
-    if tc.method == "arithmetic" and recorded.get("adapters") != list(tc.adapters):
+    if r.needs_lora_modules and recorded.get("adapters") != list(tc.adapters):
         # merged from another set of tasks (the grid grew): its init is not this grid's
-        logger.info("%s arithmetic seed %d merged %s, the grid now merges %s: redoing it",
-                    tc.task, tc.seeds[0], recorded.get("adapters"), list(tc.adapters))
+        logger.info("%s %s seed %d merged %s, the grid now merges %s: redoing it",
+                    tc.task, r.label, tc.seeds[0], recorded.get("adapters"), list(tc.adapters))
         return False
-    if (tc.method.startswith("teacher") and calibration_applies(get_task(tc.task))
+    if (r.method.students == ("teacher",) and calibration_applies(get_task(tc.task))
             and recorded.get("teacher_calibration", "none") != tc.teacher_calibration):
-        logger.info("%s %s was scored with calibration %s, now %s: redoing it", tc.task, tc.method,
+        logger.info("%s %s was scored with calibration %s, now %s: redoing it", tc.task, r.label,
                     recorded.get("teacher_calibration", "none"), tc.teacher_calibration)
         return False
     return True
 
 
-def _jobs(cfg: CompareConfig, methods: list[str]) -> list[tuple[str, str, int]]:
-    """(method, task, seed) in run order; arithmetic last, after the lora modules it merges."""
-    jobs = [(m, t, s) for t in cfg.tasks for m in methods if m != "arithmetic"
-            for s in (cfg.seeds[:1] if m in DETERMINISTIC else cfg.seeds)]
-    if "arithmetic" in methods:
-        jobs += [("lora", t, s) for t in cfg.tasks for s in cfg.seeds if ("lora", t, s) not in jobs]
-        jobs += [("arithmetic", t, s) for t in cfg.tasks for s in cfg.seeds]
+def _jobs(cfg: CompareConfig, labels: list[str]) -> list[tuple[str, str, int]]:
+    """(row, task, seed) in run order; rows that start from the other tasks' lora modules last, after those."""
+    late = [label for label in labels if row(label).needs_lora_modules]
+    jobs = [(label, t, s) for t in cfg.tasks for label in labels if label not in late for s in seeds_of(cfg, label)]
+    if late:
+        jobs += [(MODULE_SOURCE, t, s) for t in cfg.tasks for s in cfg.seeds if (MODULE_SOURCE, t, s) not in jobs]
+        jobs += [(label, t, s) for label in late for t in cfg.tasks for s in cfg.seeds]
     return jobs
 
 
+def check_row(cfg: CompareConfig, label: str) -> None:
+    """A RetriktError saying why ``label`` cannot run in this grid (unknown, impossible combination, one task)."""
+    check_combination(train_config(cfg, label, cfg.tasks[0], cfg.seeds[0]))
+    if row(label).needs_lora_modules and len(cfg.tasks) < 2:
+        raise RetriktError("merges the lora modules of the other tasks: compare at least two tasks")
+
+
 def run_grid(cfg: CompareConfig) -> dict[str, str]:
-    """Run every missing (method, task, seed); returns {method: reason} for methods that could not run."""
-    from retrikt.student.methods import get_method
+    """Run every missing (row, task, seed); returns {row: reason} for rows that could not run."""
     from retrikt.tasks import get_task, load_split
     from retrikt.train import run_one
     missing: dict[str, str] = {}
-    for method in cfg.methods:
+    for label in cfg.methods:
         try:
-            get_method(method)
+            check_row(cfg, label)
         except RetriktError as e:
-            missing[method] = str(e)
-    if "arithmetic" in cfg.methods and len(cfg.tasks) < 2:
-        missing["arithmetic"] = "merges the lora modules of the other tasks: compare at least two tasks"
+            missing[label] = str(e)
     pools: dict[str, tuple] = {}
-    for method, task_name, seed in _jobs(cfg, [m for m in cfg.methods if m not in missing]):
+    for label, task_name, seed in _jobs(cfg, [m for m in cfg.methods if m not in missing]):
         if task_name not in pools:
             task = get_task(task_name)
             pools[task_name] = (task, load_split(task, "train", data_dir=cfg.data_dir))
         task, pool = pools[task_name]
-        tc = train_config(cfg, method, task_name, seed)
+        tc = train_config(cfg, label, task_name, seed)
         if _done(cfg, tc):
             continue
         try:
-            if method in STORE_METHODS:
+            if row(label).needs_store:
                 ensure_store(cfg, task_name, seed)
             r = run_one(tc, task, pool, seed)
-            print(f"{task_name:8s} {method:12s} seed {seed}: {r['main'] * 100:.1f}", flush=True)
+            print(f"{task_name:8s} {label:12s} seed {seed}: {r['main'] * 100:.1f}", flush=True)
         except RetriktError as e:
-            missing.setdefault(f"{method} on {task_name}", str(e))
-            logger.error("%s on %s (seed %d) failed: %s", method, task_name, seed, e)
+            missing.setdefault(f"{label} on {task_name}", str(e))
+            logger.error("%s on %s (seed %d) failed: %s", label, task_name, seed, e)
         except Exception:  # one broken run must not lose the rest of the grid
-            missing.setdefault(f"{method} on {task_name}", traceback.format_exc(limit=3))
-            logger.exception("%s on %s (seed %d) crashed", method, task_name, seed)
+            missing.setdefault(f"{label} on {task_name}", traceback.format_exc(limit=3))
+            logger.exception("%s on %s (seed %d) crashed", label, task_name, seed)
     return missing
 
 
@@ -231,23 +265,22 @@ def write_report(cfg: CompareConfig, missing: dict[str, str]) -> str:
 
 
 def not_run(cfg: CompareConfig, results: list[dict], skip: dict[str, str]) -> list[str]:
-    """Every asked-for (method, task) with seeds that have no results, so a partial grid never reads as complete."""
+    """Every asked-for (row, task) with seeds that have no results, so a partial grid never reads as complete."""
     have = {(r["method"], r["task"], r["seed"]) for r in results}
     lines = []
-    for method in cfg.methods:
+    for label in cfg.methods:
         for task in cfg.tasks:
-            if method in skip or f"{method} on {task}" in skip:
+            if label in skip or f"{label} on {task}" in skip:
                 continue  # already listed, with its reason
-            seeds = [s for s in (cfg.seeds[:1] if method in DETERMINISTIC else cfg.seeds)
-                     if (method, task, s) not in have]
+            seeds = [s for s in seeds_of(cfg, label) if (label, task, s) not in have]
             if seeds:
-                lines.append(f"{method} on {task}: seeds {' '.join(map(str, seeds))}")
+                lines.append(f"{label} on {task}: seeds {' '.join(map(str, seeds))}")
     return lines
 
 
 def regenerate_command(cfg: CompareConfig) -> str:
     """The command line that reproduces ``cfg``: the preset plus every option that differs from it."""
-    base = dataclasses.replace(CompareConfig(), **PRESETS[cfg.preset])
+    base = from_dict(CompareConfig, {**load_preset(CompareConfig, PRESETS, cfg.preset), "preset": cfg.preset})
     parts = ["python -m retrikt.compare", f"--preset {cfg.preset}"]
     for f in dataclasses.fields(CompareConfig):
         value = getattr(cfg, f.name)
@@ -257,16 +290,18 @@ def regenerate_command(cfg: CompareConfig) -> str:
     return " ".join(parts)
 
 
+def parse_args(argv: list[str]) -> CompareConfig:
+    """defaults < the preset file (--preset, or ``preset:`` in the --config YAML) < the --config YAML < flags."""
+    if "--smoke" in argv:  # --smoke is the smoke preset
+        argv = [a for a in argv if a != "--smoke"] + ["--preset", "smoke"]
+    return parse_config(CompareConfig, argv, description=__doc__, presets=PRESETS)
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--smoke" in argv:  # --smoke is the smoke preset
-        argv = [a for a in argv if a != "--smoke"] + ["--preset", "smoke"]
     try:
-        cfg = parse_config(CompareConfig, argv, description=__doc__)
-        preset = PRESETS[cfg.preset]
-        explicit = {a.lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in preset.items() if k not in explicit})
+        cfg = parse_args(argv)
         missing = {} if cfg.report_only else run_grid(cfg)
         table = write_report(cfg, missing)
     except RetriktError as e:

@@ -1,7 +1,8 @@
 """Flat config dataclasses -> argparse, with ``--config file.yaml`` and CLI overrides.
 
-Precedence: dataclass defaults < YAML file < command-line flags. Every field carries a help string
-(``field(default=..., metadata={"help": "..."})``), shown by ``--help``.
+Precedence: dataclass defaults < preset file < YAML file < command-line flags. Every field carries a help string
+(``field(default=..., metadata={"help": "..."})``), shown by ``--help``. A config class with a ``preset`` field can
+name a preset: ``<presets folder>/<name>.yaml``, read like any YAML file and laid under the user's.
 """
 from __future__ import annotations
 
@@ -119,9 +120,28 @@ def _coerce(v: Any, tp: Any, is_list: bool, where: str) -> Any:
     return v
 
 
+def preset_names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in Path(folder).glob("*.yaml"))
+
+
+def load_preset(cls: type, folder: Path, name: str) -> dict:
+    """The options of preset ``name`` (``folder/name.yaml``), checked against ``cls``. A preset file may say
+    ``preset: <its own name>``, so that a copy passed with ``--config`` is the same recipe."""
+    path = Path(folder) / f"{name}.yaml"
+    if not path.exists():
+        raise RetriktError(f"unknown preset {name!r}; known: {', '.join(preset_names(folder))} (in {folder})")
+    data = load_yaml(path)
+    if data.get("preset", name) != name:
+        raise RetriktError(f"{path}: says preset {data['preset']!r}, but it is the {name!r} preset")
+    from_dict(cls, data, str(path))  # unknown options and wrong types are reported against the preset file
+    return data
+
+
 def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "",
-                 smoke: dict | None = None, parser: argparse.ArgumentParser | None = None) -> T:
-    """Parse ``argv`` into ``cls``. ``smoke`` holds overrides applied by ``--smoke`` (before explicit flags)."""
+                 smoke: dict | None = None, parser: argparse.ArgumentParser | None = None,
+                 presets: Path | None = None) -> T:
+    """Parse ``argv`` into ``cls``. ``smoke`` holds overrides applied by ``--smoke`` (before explicit flags);
+    ``presets`` is the folder of preset files when ``cls`` has a ``preset`` field."""
     parser = parser or argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML file of option: value pairs; command-line flags override it")
     if smoke is not None:
@@ -133,6 +153,10 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
     if ns.pop("smoke", False) and smoke:
         data.update(smoke)
     data.update(ns)
-    cfg = from_dict(cls, data, str(config_path) if config_path else "command line")
+    source = str(config_path) if config_path else "command line"
+    if presets is not None:
+        name = data.get("preset", cls.__dataclass_fields__["preset"].default)
+        data = {**load_preset(cls, presets, str(name)), **data}
+    cfg = from_dict(cls, data, source)
     git_commit()  # a run starts here: fix the commit its results will record
     return cfg

@@ -98,7 +98,7 @@ def train_source(cfg: PortRunConfig, task, train: list[dict], folder: Path) -> P
     """Train a ``cfg.peft_type`` module (+ head) on ``cfg.from_host`` with k-shot data; save it into ``folder``."""
     from retrikt.init.port import PEFT_TYPES, new_student, save_module
     from retrikt.teacher.lm import LMClassifier
-    from retrikt.student.methods import resolve_device
+    from retrikt.methods.base import resolve_device
     from retrikt.student.trainer import fit
     from retrikt.tasks import sample_few_shot
     if cfg.peft_type not in PEFT_TYPES:
@@ -119,7 +119,7 @@ def run_cell(cfg: PortRunConfig, task, module: str, to_host: str, condition: str
     """One (condition, seed): port, score zero-shot (unless ``zero_shot`` is given: the ported module does not
     depend on the seed), optionally fine-tune on M_r and score again."""
     from retrikt.init.port import load_module, port_student
-    from retrikt.student.methods import resolve_device
+    from retrikt.methods.base import resolve_device
     from retrikt.student.trainer import fit
     from retrikt.tasks import sample_few_shot
     start = time.monotonic()
@@ -153,7 +153,7 @@ def summarise(rows: list[dict]) -> dict:
 def run_port(cfg: PortRunConfig) -> dict:
     """The whole run: (train the source module,) score it on M_o, then every condition × seed on M_r."""
     from retrikt.init.port import port_student
-    from retrikt.student.methods import resolve_device
+    from retrikt.methods.base import resolve_device
     from retrikt.tasks import get_task, load_split
     task = get_task(cfg.task)
     if not cfg.adapter:

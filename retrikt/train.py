@@ -2,6 +2,7 @@
 
     python -m retrikt.train --task rte --method finetune --student minilm-l6 --shots 32 --seeds 1 2 3
     python -m retrikt.train --task cb --method teacher --teacher qwen-0.5b
+    python -m retrikt.train --task sst2 --method retrikt --init arithmetic --adapters A B --store S
     accelerate launch --multi_gpu --num_processes 4 -m retrikt.train --task mnli --method finetune --shots 0
 
 Under accelerate launch (or torchrun) every rank trains data-parallel (see retrikt.student.trainer.fit); only rank 0
@@ -19,7 +20,7 @@ from retrikt.config import parse_config
 from retrikt.dist import configure_logging, process_state
 from retrikt.eval import evaluate, markdown_table, save_result, summarise
 from retrikt.io import RetriktError, run_metadata
-from retrikt.student.methods import TrainConfig, get_method
+from retrikt.methods import TrainConfig, check_combination, run_label, run_method
 from retrikt.tasks import get_task, load_split, sample_few_shot
 
 logger = logging.getLogger("retrikt.train")
@@ -44,7 +45,8 @@ def finished(cfg: TrainConfig, task, seed: int) -> dict | None:
     want = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seeds"}
     for r in load_results(cfg.out):
         got = {k: v for k, v in (r.get("config") or {}).items() if k != "seeds"}
-        if r["task"] == task.name and r["method"] == cfg.method and r["seed"] == seed and got == want:
+        got.setdefault("init", "none")  # recorded before --init existed: the student's own weights
+        if r["task"] == task.name and r["method"] == run_label(cfg) and r["seed"] == seed and got == want:
             return r
     return None
 
@@ -55,13 +57,15 @@ def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict | None:
     In a launched process group every rank trains; only the main process scores and saves (the others get None)."""
     train = few_shot(cfg, task, pool, seed)
     t0 = time.perf_counter()
-    student, extra = get_method(cfg.method)(cfg, task, train, seed)
+    student, extra = run_method(cfg, task, train, seed)
     train_seconds = time.perf_counter() - t0
     if not process_state().is_main_process:
         return None
     res = evaluate(student, task, cfg.eval_split, data_dir=cfg.data_dir, limit=cfg.eval_limit or None)
-    record = {"method": cfg.method, "tag": extra.pop("tag", ""), "student": extra.pop("student", cfg.student),
-              "seed": seed,
+    # a combination is its own row, method+init; "init" records which initialiser (its facts are under its name)
+    init = {"init": cfg.init} if cfg.init != "none" else {}
+    record = {"method": run_label(cfg), **init, "tag": extra.pop("tag", ""),
+              "student": extra.pop("student", cfg.student), "seed": seed,
               "train_examples": len(train), "train_seconds": train_seconds, **extra, **res,
               **run_metadata(cfg, seeds=cfg.seeds)}
     path = save_result(cfg.out, record)
@@ -70,7 +74,7 @@ def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict | None:
             raise RetriktError(f"--save-student: a {type(student).__name__} student ({cfg.method}) cannot be saved; "
                                f"its results are in {path}")
         base = record["student"]  # the teacher methods' "student" is the teacher model
-        student.save(path.with_suffix(""), meta={"base": base, "method": cfg.method, "seed": seed})
+        student.save(path.with_suffix(""), meta={"base": base, "method": run_label(cfg), "seed": seed})
     return record
 
 
@@ -81,18 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         task = get_task(cfg.task)
         if task.skip_reason:
             raise RetriktError(f"task {task.name} is not supported: {task.skip_reason}")
-        get_method(cfg.method)  # fail on an unknown method before loading any data
+        check_combination(cfg)  # fail on an unknown method or an impossible --init before loading any data
         pool = load_split(task, "train", data_dir=cfg.data_dir)
         records = []
         for seed in cfg.seeds:
             r = finished(cfg, task, seed)
             if r is not None:
-                print(f"{task.name} {cfg.method} seed {seed}: already done with this config in {cfg.out}")
+                print(f"{task.name} {run_label(cfg)} seed {seed}: already done with this config in {cfg.out}")
             else:
                 r = run_one(cfg, task, pool, seed)
             if r is None:
                 continue
-            print(f"{task.name} {cfg.method} seed {seed}: {r['main'] * 100:.1f} "
+            print(f"{task.name} {run_label(cfg)} seed {seed}: {r['main'] * 100:.1f} "
                   f"({', '.join(f'{k} {v:.3f}' for k, v in r['metrics'].items())}), "
                   f"{r['examples_per_s']:.1f} ex/s, {r['num_parameters'] / 1e6:.1f}M params")
             records.append(r)

@@ -1,4 +1,6 @@
 """python -m retrikt.compare on tiny random models: table + plots, resumable, a killed run completes, missing listed."""
+import dataclasses
+
 import pytest
 
 import retrikt.train
@@ -95,8 +97,8 @@ def test_parametric_extracts_from_the_larger_teacher_not_the_store_teacher():
     # the paper's recipe for the LM student (3 epochs, lr 3e-4 by default), not the encoders' 20 epochs
     assert (tc.epochs, tc.lr, tc.parametric_seeds) == (3, None, 32)
     assert compare.train_config(cfg, "lora", "cb", 1).epochs == 20
-    from retrikt.student.methods import fit_config
-    assert fit_config(tc).lr == 3e-4
+    from retrikt.methods import get_method, method_config
+    assert method_config(tc, get_method("parametric")).lr == 3e-4
     assert compare.train_config(cfg, "kd", "cb", 1).teacher == "qwen-0.5b"
 
 
@@ -208,3 +210,73 @@ def test_two_seeds_build_two_stores_and_each_seeds_runs_use_their_own(tmp_path, 
     monkeypatch.setattr(retrikt.train, "run_one", spy)
     assert compare.main(args) == 0
     assert seen == [("kd", 2)]
+
+
+def test_a_method_with_an_init_is_a_row_of_its_own(tmp_path, monkeypatch):
+    """finetune+arithmetic: the other tasks' lora modules (trained first) folded into a fully fine-tuned student."""
+    import json
+    real, seen = retrikt.train.run_one, []
+
+    def spy(cfg, task, pool, seed):
+        seen.append((cfg.method, cfg.init, cfg.task, list(cfg.adapters)))
+        return real(cfg, task, pool, seed)
+
+    monkeypatch.setattr(retrikt.train, "run_one", spy)
+    args = _args(tmp_path)
+    args[args.index("--methods") + 1:args.index("--methods") + 3] = ["finetune+arithmetic", "retrikt+parametric"]
+    args[args.index("--tasks") + 1:args.index("--tasks") + 2] = ["cb", "rte"]
+    args[args.index("--seeds") + 1:args.index("--seeds") + 3] = ["1"]
+    assert compare.main(args) == 0
+    runs = tmp_path / "cmp" / "runs"
+    assert [s[:3] for s in seen] == [("lora", "none", "cb"), ("lora", "none", "rte"),
+                                     ("finetune", "arithmetic", "cb"), ("finetune", "arithmetic", "rte")]
+    assert seen[2][3] == [str(runs / "rte__lora__tiny-encoder__seed1" / "encoder")]
+    rec = json.loads((runs / "cb__finetune+arithmetic__tiny-encoder__seed1.json").read_text())
+    assert rec["init"] == "arithmetic" and rec["arithmetic"]["adapters"] == seen[2][3]
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "| finetune+arithmetic | tiny-encoder |" in table
+    assert "retrikt+parametric: --init parametric cannot start tiny-encoder, an encoder student" in table
+    seen.clear()
+    assert compare.main(args) == 0 and seen == []      # done under its own name: nothing reruns
+
+
+def test_a_combination_reads_its_needs_from_the_method_and_the_init():
+    cfg = compare.CompareConfig(stores="st", tasks=["sst2", "cola", "rte"])
+    tc = compare.train_config(cfg, "retrikt+arithmetic", "sst2", 2)
+    assert (tc.method, tc.init, tc.store, tc.op) == ("retrikt", "arithmetic", "st/sst2-qwen-0.5b-s2", "merge")
+    assert [compare.Path(a).parent.name for a in tc.adapters] == ["cola__lora__minilm-l6__seed2",
+                                                                  "rte__lora__minilm-l6__seed2"]
+    assert compare.result_file(cfg, tc).name == "sst2__retrikt+arithmetic__minilm-l6__seed2.json"
+    lm = compare.train_config(cfg, "lora+parametric", "rte", 1)
+    assert (lm.student, lm.teacher, lm.epochs) == ("qwen-0.5b", "qwen-1.5b", 3)   # the LM pair, as parametric
+    jobs = compare._jobs(dataclasses.replace(cfg, seeds=[1]), ["retrikt+arithmetic", "kd"])
+    assert jobs[:3] == [("kd", "sst2", 1), ("kd", "cola", 1), ("kd", "rte", 1)]
+    assert jobs[3:6] == [("lora", t, 1) for t in ("sst2", "cola", "rte")]
+    assert [j[0] for j in jobs[6:]] == ["retrikt+arithmetic"] * 3
+    with pytest.raises(compare.RetriktError, match="unknown init 'magic'"):
+        compare.row("retrikt+magic")
+
+
+def test_preset_file_then_user_yaml_then_command_line(tmp_path):
+    """The issue's case: a YAML naming the demo preset with its own seeds ran seed 1 (the preset won)."""
+    y = tmp_path / "mine.yaml"
+    y.write_text("preset: demo\nseeds: [7, 8]\nepochs: 5\n")
+    cfg = compare.parse_args(["--config", str(y)])
+    assert (cfg.preset, cfg.seeds, cfg.epochs, cfg.tasks, cfg.out) == (
+        "demo", [7, 8], 5, ["cb"], "benchmarks/results/compare-demo")          # preset < YAML
+    cfg = compare.parse_args(["--config", str(y), "--seeds", "9", "--tasks", "rte"])
+    assert (cfg.seeds, cfg.tasks, cfg.epochs, cfg.per_label) == ([9], ["rte"], 5, 16)   # YAML < flags
+    cfg = compare.parse_args(["--config", str(y), "--smoke"])                  # the flag's preset replaces demo's
+    assert (cfg.preset, cfg.seeds, cfg.student, cfg.tasks) == ("smoke", [7, 8], "tiny-encoder",
+                                                               compare.CompareConfig().tasks)
+    y.write_text("preset: nosuch\n")
+    with pytest.raises(compare.RetriktError, match="unknown preset 'nosuch'; known: default, demo, paper, smoke"):
+        compare.parse_args(["--config", str(y)])
+
+
+@pytest.mark.parametrize("name", ["default", "demo", "paper", "smoke"])
+def test_every_shipped_preset_is_a_recipe_config_can_read(name):
+    """A copy of a preset file passed with --config is the same run as --preset NAME."""
+    path = compare.PRESETS / f"{name}.yaml"
+    assert compare.parse_args(["--config", str(path)]) == compare.parse_args(["--preset", name])
+    assert f"--preset {name}" in compare.regenerate_command(compare.parse_args(["--preset", name]))

@@ -68,3 +68,32 @@ def test_every_entry_point_prints_help(module):
     import sys
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr[-500:]
+
+
+@dataclass
+class Recipe:
+    preset: str = arg("base", help="preset")
+    task: str = arg("cb", help="task")
+    epochs: int = arg(3, help="epochs")
+    seeds: list[int] = arg([1, 2, 3], help="seeds")
+
+
+def test_preset_file_sits_under_the_yaml_and_the_flags(tmp_path):
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "base.yaml").write_text("")
+    (presets / "big.yaml").write_text("preset: big\ntask: rte\nepochs: 30\nseeds: [1, 2, 3, 4]\n")
+    y = tmp_path / "mine.yaml"
+    y.write_text("preset: big\nepochs: 9\n")
+    assert parse_config(Recipe, [], presets=presets) == Recipe()
+    assert parse_config(Recipe, ["--preset", "big"], presets=presets) == Recipe("big", "rte", 30, [1, 2, 3, 4])
+    cfg = parse_config(Recipe, ["--config", str(y)], presets=presets)
+    assert (cfg.task, cfg.epochs, cfg.seeds) == ("rte", 9, [1, 2, 3, 4])            # preset < YAML
+    cfg = parse_config(Recipe, ["--config", str(y), "--epochs", "2", "--seeds", "5"], presets=presets)
+    assert (cfg.task, cfg.epochs, cfg.seeds) == ("rte", 2, [5])                      # YAML < flags
+    (presets / "bad.yaml").write_text("preset: big\n")
+    with pytest.raises(RetriktError, match="bad.yaml: says preset 'big'"):
+        parse_config(Recipe, ["--preset", "bad"], presets=presets)
+    (presets / "typo.yaml").write_text("epochz: 1\n")
+    with pytest.raises(RetriktError, match="typo.yaml: unknown option.*epochz"):
+        parse_config(Recipe, ["--preset", "typo"], presets=presets)

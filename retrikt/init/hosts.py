@@ -226,7 +226,7 @@ def _write_entry(final: Path, encoder: nn.Module, tokenizer, meta: dict) -> None
 def build_mlm_host(cfg: HostConfig, texts: list[str] | None = None) -> Path:
     """The cached host folder for ``cfg`` (built on first use). ``texts`` overrides the task's training text."""
     from retrikt import models
-    from retrikt.student.methods import resolve_device
+    from retrikt.dist import rank_device
     texts = task_texts(cfg) if texts is None else list(texts)
     root = cache_dir(cfg)
     final = root / host_key(cfg, texts)
@@ -239,7 +239,7 @@ def build_mlm_host(cfg: HostConfig, texts: list[str] | None = None) -> Path:
         for leftover in root.glob(f".{final.name}.tmp-*"):   # from a killed build
             shutil.rmtree(leftover, ignore_errors=True)
         start = time.monotonic()
-        encoder, tok = models.load_encoder(cfg.base, device=resolve_device(cfg.device))
+        encoder, tok = models.load_encoder(cfg.base, device=rank_device(cfg.device))
         losses = mlm_train(encoder, tok, texts, cfg)
         meta = {"schema_version": SCHEMA_VERSION, "kind": "mlm_host", "config": dataclasses.asdict(cfg),
                 "texts": len(texts), "texts_sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest(),

@@ -273,8 +273,9 @@ def port_student(adapter_dir: str | os.PathLike, to_host: str | nn.Module, task,
 
 
 def init_port(student_model: nn.Module, task, train_examples: list[dict], cfg: PortConfig) -> Any:
-    """Registry entry (``retrikt.init.INITIALISERS["port"]``): the module of ``cfg.adapter`` on ``student_model``
-    per ``cfg.condition``. The head tensors for the student's head are on the result's ``retrikt_head``."""
+    """The module of ``cfg.adapter`` on an already loaded ``student_model``, per ``cfg.condition`` (``--init port``
+    goes through :func:`port_student`, which also loads the host). The head tensors for the student's head are on
+    the result's ``retrikt_head``."""
     if not cfg.adapter:
         raise RetriktError("port: set the module folder (PortConfig.adapter / --adapter)")
     return port_adapter(cfg.adapter, student_model, cfg.condition, cfg.seed, cfg.align, cfg.layer_selection)

@@ -4,6 +4,7 @@ Mechanism (after ReAugKD, ACL 2023): the student's pooled embedding is projected
 combines cross-entropy on gold labels, KL to the teacher's soft labels on store entries, and a relational loss that
 makes the student's similarity distribution over an example's store neighbours match the store-embedder's one. At
 inference, p = β·p_student + (1−β)·Σ_j softmax(sim_j/τ)·p_teacher(j) over the top-k retrieved entries.
+The training recipes (``--method retrikt`` and the ``kd`` baseline) are retrikt/methods/retrikt.py and kd.py.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from torch import nn
 from retrikt import models
 from retrikt.config import arg
 from retrikt.io import RetriktError, atomic_write_json
-from retrikt.store.samples import embed_text, embed_texts
+from retrikt.store.samples import embed_examples, pair_format
 from retrikt.student.encoder import EncoderClassifier
-from retrikt.student.trainer import FitConfig, example_loss, fit, seed_everything
+from retrikt.student.trainer import FitConfig, example_loss
 
 logger = logging.getLogger(__name__)
 
@@ -225,11 +226,12 @@ def store_embedder(store):
     return models.load_sentence_transformer(info["name"])
 
 
-def _embed(embedder, task, examples: list[dict]) -> np.ndarray:
-    return embed_texts(embedder, [embed_text(task, e) for e in examples])
+def store_keys_of(store, embedder, task, examples: list[dict]) -> np.ndarray:
+    """``examples`` embedded as ``store``'s keys were (its embedder, its pair format), to compare with them."""
+    return embed_examples(embedder, task, examples, pair_format(store.manifest))
 
 
-def _retrieval_loss(model: RetrievalStudent, batch: list[dict], cfg: FitConfig, rel_weight: float,
+def retrieval_loss(model: RetrievalStudent, batch: list[dict], cfg: FitConfig, rel_weight: float,
                     tau: float) -> torch.Tensor:
     tok = model.tokenize(batch)
     emb = model.base.embed(tok)
@@ -262,109 +264,13 @@ def choose_settings(model: RetrievalStudent, dev: list[dict], grid_k=(1, 4, 8, 1
     return best | {"dev_main": best_score, "dev_n": len(dev)}
 
 
-def _split_holdout(train: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_holdout(train: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
     if share <= 0 or len(train) < 8:
         return train, []
     idx = list(range(len(train)))
     random.Random(seed).shuffle(idx)
     n_dev = max(1, int(round(share * len(train))))
     return [train[i] for i in idx[n_dev:]], [train[i] for i in idx[:n_dev]]
-
-
-def _union_fit_config(cfg, n_kshot: int, n_total: int) -> FitConfig:
-    from retrikt.student.methods import fit_config
-    fc = fit_config(cfg)
-    # Keep the step budget of `epochs` passes over the k-shot set, but see every store entry at least twice.
-    fc.epochs = max(2, int(round(cfg.epochs * n_kshot / max(1, n_total))))
-    return fc
-
-
-def _base_student(cfg, task, device) -> EncoderClassifier:
-    encoder, tok = models.load_encoder(cfg.student, device=device)
-    return EncoderClassifier(encoder, tok, task, max_length=cfg.max_length).to(device)
-
-
-def train_kd(cfg, task, train: list[dict], seed: int):
-    """Baseline: the student distilled on the store's generated data (soft labels), no retrieval at inference."""
-    from retrikt.student.methods import resolve_device
-    seed_everything(seed)
-    store = open_store(cfg.store)
-    provenance = check_store(store, task, train, seed, cfg.allow_foreign_store)
-    data = train + store_examples(store)
-    student = _base_student(cfg, task, resolve_device(cfg.device))
-    losses = fit(student, data, _union_fit_config(cfg, len(train), len(data)), seed, desc=f"kd {task.name} s{seed}")
-    return student, {"store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
-                     **provenance, "final_loss": losses[-1] if losses else None}
-
-
-def _fit_retrieval(cfg, task, store, labelled: list[dict], kshot_emb: np.ndarray, settings: RetrievalSettings,
-                   seed: int):
-    """Train a RetrievalStudent on ``labelled`` (store-embedded as ``kshot_emb``) plus the store's entries;
-    returns (model, memory, losses)."""
-    from retrikt.student.methods import resolve_device
-    seed_everything(seed)
-    memory, data, q_emb, self_ids = _memory(cfg, task, store, labelled, kshot_emb)
-    nbr_ids, nbr_sims = relational_targets(memory, q_emb, min(cfg.retrieval_k, len(memory) - 1), self_ids)
-    for e, i, s in zip(data, nbr_ids, nbr_sims):
-        e["nbr_ids"], e["nbr_sims"] = i, s
-    model = RetrievalStudent(_base_student(cfg, task, resolve_device(cfg.device)), memory, settings,
-                             use_retrieval=not cfg.no_retrieval)
-    fc = _union_fit_config(cfg, len(labelled), len(data))
-    losses = fit(model, data, fc, seed, desc=f"retrikt {task.name} s{seed}",
-                 loss_fn=lambda m, b: _retrieval_loss(m, b, fc, settings.rel_weight, cfg.rel_tau))
-    return model, memory, losses
-
-
-def _memory(cfg, task, store, labelled: list[dict], kshot_emb: np.ndarray):
-    """What the student retrieves from (store | kshot | both), its training data, their query embeddings, and
-    each training example's own row in the memory (excluded from its neighbours)."""
-    n_store = len(store) if cfg.retrieve_from in ("store", "both") else 0
-    data = labelled + (store_examples(store) if n_store else [])
-    q_emb = np.concatenate([kshot_emb, store.embeddings[:n_store]])
-    if cfg.retrieve_from == "store":
-        return store, data, q_emb, [None] * len(labelled) + list(range(n_store))
-    # labelled examples vote with their gold label (one-hot)
-    kshot = [{"fields": {f: e[f] for f in task.text_fields}, "label": e["label"], "soft_label": None}
-             for e in labelled]
-    if cfg.retrieve_from == "kshot":  # ablation: retrieve only among the labelled k-shot examples
-        return (MemoryStore(kshot_emb, kshot, store.manifest["embedder"]), data, q_emb,
-                list(range(len(labelled))))
-    if cfg.retrieve_from != "both":
-        raise RetriktError(f"retrieve_from must be store, kshot or both, got {cfg.retrieve_from!r}")
-    memory = MemoryStore(np.concatenate([store.embeddings, kshot_emb]), store.entries(range(n_store)) + kshot,
-                         store.manifest["embedder"], base=store)
-    return memory, data, q_emb, [n_store + i for i in range(len(labelled))] + list(range(n_store))
-
-
-def train_retrikt(cfg, task, train: list[dict], seed: int):
-    settings = RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau,
-                                 rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
-    full_store = open_store(cfg.store)
-    provenance = check_store(full_store, task, train, seed, cfg.allow_foreign_store)
-    # copies: the neighbour fields added in _fit_retrieval must not leak into the shared training pool
-    copies = [dict(e) for e in train]
-    fit_part, dev = _split_holdout(copies, settings.holdout, seed) if cfg.select_settings else (copies, [])
-    # one embedder load and one pass over the k-shot set serve the first fit and the refit
-    row = {id(e): i for i, e in enumerate(copies)}
-    emb = _embed(store_embedder(full_store), task, copies)
-    rows_of = lambda exs: emb[[row[id(e)] for e in exs]]  # noqa: E731
-    model, store, losses = _fit_retrieval(cfg, task, full_store, fit_part, rows_of(fit_part), settings, seed)
-    grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
-    chosen = choose_settings(model, dev, grid_labels=grid_labels) if dev else {}
-    if not dev:
-        settings.labels = grid_labels[0]
-    for key in ("labels", "k", "beta", "tau"):
-        if key in chosen:
-            setattr(settings, key, chosen[key])
-    if dev and cfg.refit:
-        # k, beta and tau only act at inference, so the final student may learn from every labelled example:
-        # holding a quarter of a 32-shot set out would handicap retrikt against finetune and kd.
-        for e in copies:  # neighbour fields of the first fit are recomputed for the new memory
-            e.pop("nbr_ids", None), e.pop("nbr_sims", None)
-        model, store, losses = _fit_retrieval(cfg, task, full_store, copies, emb, settings, seed)
-    return model, {"store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store), **provenance,
-                   "retrieval": dict(settings.__dict__), "selection": chosen, "refit": bool(dev and cfg.refit),
-                   "final_loss": losses[-1] if losses else None}
 
 
 def load_retrieval_student(folder: str | Path, task, base: str, store_path: str | None = None):

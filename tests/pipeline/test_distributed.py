@@ -26,10 +26,10 @@ def _generate(self, conditions, n_per_condition=1, seed=0, **kw):
 
 
 def _cfg(out) -> B.BuildConfig:
-    # 0.98 drops a few near duplicates among the tiny encoder's (similar) embeddings, so their order matters; uniform
+    # 0.95 drops a few near duplicates among the tiny encoder's (similar) embeddings, so their order matters; uniform
     # mix: 6 batches; the random labeller agrees by chance only, so no agreement filter
     return B.BuildConfig(task="cb", teacher="tiny-causal", embedder="tiny-encoder", per_label=4, batch_size=2,
-                         shots=8, prompt_epochs=1, label_demos=1, dedup_threshold=0.98, label_mix="uniform",
+                         shots=8, prompt_epochs=1, label_demos=1, dedup_threshold=0.95, label_mix="uniform",
                          min_agreement=0.0, out=str(out))
 
 

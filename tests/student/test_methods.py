@@ -3,7 +3,7 @@ import torch
 
 from retrikt.init.adapters import load_adapter
 from retrikt.student.encoder import load_student
-from retrikt.student.methods import TrainConfig, train_lora
+from retrikt.methods import TrainConfig, run_method
 from retrikt.tasks import get_task
 
 DATA = [{"idx": i, "sentence": s, "label": y} for i, (s, y) in
@@ -12,10 +12,10 @@ DATA = [{"idx": i, "sentence": s, "label": y} for i, (s, y) in
 
 def test_lora_module_init_depends_on_the_seed_only_and_the_saved_student_reloads(tmp_path):
     cfg = TrainConfig(method="lora", student="tiny-encoder", epochs=1)
-    a, _ = train_lora(cfg, get_task("sst2"), DATA, seed=3)
-    b, _ = train_lora(cfg, get_task("cola"), [dict(e) for e in DATA], seed=3)
+    a, _ = run_method(cfg, get_task("sst2"), DATA, seed=3)
+    b, _ = run_method(cfg, get_task("cola"), [dict(e) for e in DATA], seed=3)
     assert a.encoder.retrikt_init == b.encoder.retrikt_init      # another task, the same recorded init
-    c, _ = train_lora(cfg, get_task("sst2"), DATA, seed=4)
+    c, _ = run_method(cfg, get_task("sst2"), DATA, seed=4)
     assert c.encoder.retrikt_init["init_sha256"] != a.encoder.retrikt_init["init_sha256"]
     a.save(tmp_path / "s", meta={"base": "tiny-encoder"})
     adapter = load_adapter(tmp_path / "s" / "encoder")

@@ -82,12 +82,11 @@ def test_a_one_entry_store_has_no_neighbours_and_trains_without_the_relational_l
     store = _memory_store(n=1)
     ids, sims = relational_targets(store, store.embeddings, 0, exclude=[0])
     assert ids.shape == (1, 0) and ids.dtype == np.int64 and sims.shape == (1, 0)
-    from retrikt.student.methods import TrainConfig
-    from retrikt.student.retrieval import train_retrikt
+    from retrikt.methods import TrainConfig, run_method
     path = _tiny_store(tmp_path / "one", texts=["good movie"])
     cfg = TrainConfig(task="sst2", method="retrikt", student="tiny-encoder", store=str(path), epochs=1)
     train = [{"idx": i, "sentence": s, "label": y} for i, (s, y) in enumerate([("good film", 1), ("bad film", 0)] * 4)]
-    model, extra = train_retrikt(cfg, get_task("sst2"), train, seed=1)
+    model, extra = run_method(cfg, get_task("sst2"), train, seed=1)
     assert extra["store_entries"] == 1 and np.allclose(model.predict_proba(EX).sum(1), 1, atol=1e-5)
 
 
@@ -138,13 +137,14 @@ def _tiny_store(folder, texts=("good movie", "great film", "bad movie", "terribl
 @pytest.mark.parametrize("flags", [{}, {"no_relational": True}, {"no_retrieval": True}, {"retrieve_from": "kshot"},
                                    {"retrieve_from": "kshot", "refit": False}, {"retrieve_from": "both"}])
 def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, flags):
-    from retrikt.student.methods import TrainConfig
-    from retrikt.student.retrieval import train_kd, train_retrikt
+    import dataclasses
+
+    from retrikt.methods import TrainConfig, run_method
     path = _tiny_store(tmp_path / "store")
     cfg = TrainConfig(task="sst2", method="retrikt", student="tiny-encoder", store=str(path), epochs=2, **flags)
     train = [{"idx": i, "sentence": s, "label": y} for i, (s, y) in
              enumerate([("good film", 1), ("bad film", 0), ("great movie", 1), ("terrible movie", 0)] * 2)]
-    model, extra = train_retrikt(cfg, get_task("sst2"), train, seed=1)
+    model, extra = run_method(cfg, get_task("sst2"), train, seed=1)
     p = model.predict_proba(EX)
     assert p.shape == (3, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
     assert extra["store_checksum"] == model.store.checksum or flags.get("retrieve_from") == "kshot"
@@ -163,7 +163,7 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
         again = load_retrieval_student(tmp_path / "student", get_task("sst2"), base="tiny-encoder")
         assert len(again.store) == 20 and again.store.checksum == extra["store_checksum"]
         np.testing.assert_allclose(again.predict_proba(EX), p, atol=1e-5)
-    kd, info = train_kd(cfg, get_task("sst2"), train, seed=1)
+    kd, info = run_method(dataclasses.replace(cfg, method="kd"), get_task("sst2"), train, seed=1)
     assert info["store_entries"] == 12 and kd.predict_proba(EX).shape == (3, 2)
 
 
@@ -173,27 +173,27 @@ KSHOT = [{"idx": i, "sentence": s, "label": y} for i, (s, y) in
 
 @pytest.mark.parametrize("method", ["kd", "retrikt"])
 def test_a_student_refuses_a_store_of_another_task(tmp_path, method):
-    from retrikt.student.methods import TrainConfig, get_method
+    from retrikt.methods import TrainConfig, run_method
     path = _tiny_store(tmp_path / "store", task="cola")
     cfg = TrainConfig(task="sst2", method=method, student="tiny-encoder", store=str(path), epochs=1,
                       allow_foreign_store=True)  # no flag makes another task's store usable
     with pytest.raises(RetriktError, match="store for task 'cola'; this run trains 'sst2'"):
-        get_method(method)(cfg, get_task("sst2"), KSHOT, seed=1)
+        run_method(cfg, get_task("sst2"), KSHOT, seed=1)
 
 
 @pytest.mark.parametrize("method", ["kd", "retrikt"])
 def test_a_student_refuses_another_seeds_store_unless_allowed(tmp_path, method):
-    from retrikt.student.methods import TrainConfig, get_method
+    from retrikt.methods import TrainConfig, run_method
     other = _tiny_store(tmp_path / "s2", seed=2, kshot_idx=[100 + i for i in range(8)])
     cfg = TrainConfig(task="sst2", method=method, student="tiny-encoder", store=str(other), epochs=1)
     with pytest.raises(RetriktError, match=r"s2 was built from the k-shot set of seed 2, not this run's \(seed 1"):
-        get_method(method)(cfg, get_task("sst2"), KSHOT, seed=1)
+        run_method(cfg, get_task("sst2"), KSHOT, seed=1)
     cfg.allow_foreign_store = True
-    _, info = get_method(method)(cfg, get_task("sst2"), KSHOT, seed=1)
+    _, info = run_method(cfg, get_task("sst2"), KSHOT, seed=1)
     assert info["store_seed"] == 2 and info["foreign_store"] is True
     own = _tiny_store(tmp_path / "s1", seed=1, kshot_idx=[e["idx"] for e in reversed(KSHOT)])  # order is irrelevant
     cfg.allow_foreign_store, cfg.store = False, str(own)
-    _, info = get_method(method)(cfg, get_task("sst2"), KSHOT, seed=1)
+    _, info = run_method(cfg, get_task("sst2"), KSHOT, seed=1)
     assert info["store_seed"] == 1 and "foreign_store" not in info
 
 

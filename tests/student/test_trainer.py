@@ -77,7 +77,7 @@ def test_micro_batches_give_the_whole_batch_gradient():
 
 
 def test_auto_micro_batch_is_small_for_causal_lm_students_only():
-    from retrikt.student.methods import TrainConfig, fit_config
-    assert fit_config(TrainConfig(student="tiny-causal")).micro_batch_size == 2
-    assert fit_config(TrainConfig(student="tiny-encoder")).micro_batch_size == 0
-    assert fit_config(TrainConfig(student="tiny-causal", micro_batch_size=4)).micro_batch_size == 4
+    from retrikt.methods.base import StudentConfig, fit_config
+    assert fit_config(StudentConfig(student="tiny-causal")).micro_batch_size == 2
+    assert fit_config(StudentConfig(student="tiny-encoder")).micro_batch_size == 0
+    assert fit_config(StudentConfig(student="tiny-causal", micro_batch_size=4)).micro_batch_size == 4

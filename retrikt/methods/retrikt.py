@@ -1,0 +1,119 @@
+"""--method retrikt: an encoder student that retrieves teacher-labelled store entries at inference (after ReAugKD).
+
+Training: cross-entropy on the k-shot set, KL to the teacher's soft labels on store entries, and a relational loss on
+each example's store neighbours (retrikt.student.retrieval has the student and the losses). k, β and τ are chosen on
+a quarter of the k-shot set held out from training, then the final student is trained on all of it (--refit).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from retrikt.config import arg
+from retrikt.init import INITS
+from retrikt.io import RetriktError
+from retrikt.methods import kd
+from retrikt.methods.base import Method, final_loss, resolve_device
+from retrikt.student.trainer import fit, seed_everything
+
+
+@dataclass
+class Config(kd.Config):
+    retrieval_labels: str = arg("teacher", help="retrikt: neighbours vote with teacher soft labels | conditioned "
+                                               "labels | auto (chosen on the held-out k-shot examples)",
+                                choices=["teacher", "conditioned", "auto"])
+    retrieval_k: int = arg(8, help="retrikt: neighbours retrieved per input (re-chosen on held-out k-shot data)")
+    retrieval_beta: float = arg(0.5, help="retrikt: weight of the student's own prediction in the mixture")
+    retrieval_tau: float = arg(0.1, help="retrikt: softmax temperature over neighbour similarities")
+    rel_weight: float = arg(1.0, help="retrikt: weight of the relational loss")
+    rel_tau: float = arg(0.1, help="retrikt: temperature of the relational loss' similarity distributions")
+    select_settings: bool = arg(True, help="retrikt: choose k, beta, tau on held-out k-shot examples")
+    refit: bool = arg(True, help="retrikt: once k, beta, tau are chosen on the held-out examples, train the final "
+                                 "student on the whole k-shot set (a second training run)")
+    no_retrieval: bool = arg(False, help="retrikt ablation: no retrieval at inference (store as training data only)")
+    no_relational: bool = arg(False, help="retrikt ablation: no relational loss")
+    retrieve_from: str = arg("store", help="retrikt: what the student retrieves from: store | both (the store plus "
+                                          "the labelled k-shot examples, gold labels) | kshot (ablation: k-shot only)",
+                             choices=["store", "both", "kshot"])
+
+
+def _fit(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray, settings, seed: int):
+    """Train a RetrievalStudent on ``labelled`` (store-embedded as ``kshot_emb``) plus the store's entries;
+    returns (model, memory, losses, facts of the initialiser)."""
+    from retrikt.student.retrieval import RetrievalStudent, relational_targets, retrieval_loss
+    seed_everything(seed)
+    memory, data, q_emb, self_ids = _memory(cfg, task, store, labelled, kshot_emb)
+    nbr_ids, nbr_sims = relational_targets(memory, q_emb, min(cfg.retrieval_k, len(memory) - 1), self_ids)
+    for e, i, s in zip(data, nbr_ids, nbr_sims):
+        e["nbr_ids"], e["nbr_sims"] = i, s
+    base, facts = kd.start_encoder(cfg, task, labelled, seed, resolve_device(cfg.device))
+    model = RetrievalStudent(base, memory, settings, use_retrieval=not cfg.no_retrieval)
+    fc = kd.union_fit_config(cfg, len(labelled), len(data))
+    losses = fit(model, data, fc, seed, desc=f"retrikt {task.name} s{seed}",
+                 loss_fn=lambda m, b: retrieval_loss(m, b, fc, settings.rel_weight, cfg.rel_tau))
+    return model, memory, losses, facts
+
+
+def _memory(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray):
+    """What the student retrieves from (store | kshot | both), its training data, their query embeddings, and
+    each training example's own row in the memory (excluded from its neighbours)."""
+    from retrikt.student.retrieval import MemoryStore, store_examples
+    n_store = len(store) if cfg.retrieve_from in ("store", "both") else 0
+    data = labelled + (store_examples(store) if n_store else [])
+    q_emb = np.concatenate([kshot_emb, store.embeddings[:n_store]])
+    if cfg.retrieve_from == "store":
+        return store, data, q_emb, [None] * len(labelled) + list(range(n_store))
+    # labelled examples vote with their gold label (one-hot)
+    kshot = [{"fields": {f: e[f] for f in task.text_fields}, "label": e["label"], "soft_label": None}
+             for e in labelled]
+    if cfg.retrieve_from == "kshot":  # ablation: retrieve only among the labelled k-shot examples
+        return (MemoryStore(kshot_emb, kshot, store.manifest["embedder"]), data, q_emb,
+                list(range(len(labelled))))
+    if cfg.retrieve_from != "both":
+        raise RetriktError(f"retrieve_from must be store, kshot or both, got {cfg.retrieve_from!r}")
+    memory = MemoryStore(np.concatenate([store.embeddings, kshot_emb]), store.entries(range(n_store)) + kshot,
+                         store.manifest["embedder"], base=store)
+    return memory, data, q_emb, [n_store + i for i in range(len(labelled))] + list(range(n_store))
+
+
+def _settings(cfg: Config):
+    from retrikt.student.retrieval import RetrievalSettings
+    return RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau,
+                             rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
+
+
+def train(cfg: Config, task, examples: list[dict], seed: int):
+    from retrikt.student.retrieval import (check_store, choose_settings, open_store, split_holdout, store_keys_of,
+                                           store_embedder)
+    settings = _settings(cfg)
+    full_store = open_store(cfg.store)
+    provenance = check_store(full_store, task, examples, seed, cfg.allow_foreign_store)
+    # copies: the neighbour fields added in _fit must not leak into the shared training pool
+    copies = [dict(e) for e in examples]
+    fit_part, dev = split_holdout(copies, settings.holdout, seed) if cfg.select_settings else (copies, [])
+    # one embedder load and one pass over the k-shot set serve the first fit and the refit
+    row = {id(e): i for i, e in enumerate(copies)}
+    emb = store_keys_of(full_store, store_embedder(full_store), task, copies)
+    rows_of = lambda exs: emb[[row[id(e)] for e in exs]]  # noqa: E731
+    model, store, losses, facts = _fit(cfg, task, full_store, fit_part, rows_of(fit_part), settings, seed)
+    grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
+    chosen = choose_settings(model, dev, grid_labels=grid_labels) if dev else {}
+    if not dev:
+        settings.labels = grid_labels[0]
+    for key in ("labels", "k", "beta", "tau"):
+        if key in chosen:
+            setattr(settings, key, chosen[key])
+    if dev and cfg.refit:
+        # k, beta and tau only act at inference, so the final student may learn from every labelled example:
+        # holding a quarter of a 32-shot set out would handicap retrikt against finetune and kd.
+        for e in copies:  # neighbour fields of the first fit are recomputed for the new memory
+            e.pop("nbr_ids", None), e.pop("nbr_sims", None)
+        model, store, losses, facts = _fit(cfg, task, full_store, copies, emb, settings, seed)
+    return model, {**facts, "store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
+                   **provenance, "retrieval": dict(settings.__dict__), "selection": chosen,
+                   "refit": bool(dev and cfg.refit), **final_loss(losses)}
+
+
+METHOD = Method("retrikt", Config, train, students=("encoder",), inits=tuple(INITS), needs_store=True,
+                help="a tiny encoder that retrieves teacher-labelled store entries at inference")
