@@ -2,13 +2,14 @@
 soft labels), no retrieval at inference: the baseline that isolates what retrieval adds."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from retrikt.config import arg
 from retrikt.init import INITS
 from retrikt.init.start import merge_into_weights, start_student
 from retrikt.methods.base import Method, StudentConfig, final_loss, fit_config, resolve_device
-from retrikt.student.trainer import FitConfig, fit, seed_everything
+from retrikt.student.trainer import FitConfig, MixedBatches, fit, seed_everything
 
 
 @dataclass
@@ -16,13 +17,23 @@ class Config(StudentConfig):
     store: str | None = arg(None, help="knowledge store folder (kd and retrikt methods)")
     allow_foreign_store: bool = arg(False, help="kd / retrikt: accept a store built from another k-shot set than "
                                                "the run's (another seed or --shots); the run then is not k-shot")
+    gold_share: float = arg(0.25, help="kd / retrikt: share of every batch taken from the k-shot examples, the rest "
+                                       "from the store; 0 = batches from the union with the old epoch rule")
+    store_steps: int = arg(0, help="kd / retrikt: optimisation steps with a store; 0 = as many as give the k-shot "
+                                   "examples the exposure of --epochs passes (epochs x k-shot size / gold per batch)")
 
 
-def union_fit_config(cfg: Config, n_kshot: int, n_total: int) -> FitConfig:
+def store_schedule(cfg: Config, gold: list[dict], store: list[dict], seed: int) -> tuple[FitConfig, object]:
+    """(FitConfig, sampler) for training on k-shot examples plus store entries. With --gold-share > 0 every batch
+    holds a fixed share of gold examples and the run lasts a fixed number of steps (see --store-steps), whatever the
+    store's size; with 0, the old rule: batches from the union, max(2, epochs x k / n) passes over it."""
     fc = fit_config(cfg)
-    # Keep the step budget of `epochs` passes over the k-shot set, but see every store entry at least twice.
-    fc.epochs = max(2, int(round(cfg.epochs * n_kshot / max(1, n_total))))
-    return fc
+    if cfg.gold_share <= 0:
+        fc.epochs = max(2, int(round(cfg.epochs * len(gold) / max(1, len(gold) + len(store)))))
+        return fc, None
+    sampler = MixedBatches(gold, store, cfg.batch_size, cfg.gold_share, seed)
+    fc.max_steps = cfg.store_steps or max(1, math.ceil(cfg.epochs * len(gold) / sampler.n_gold))
+    return fc, sampler
 
 
 def start_encoder(cfg: Config, task, examples: list[dict], seed: int, device: str):
@@ -37,11 +48,12 @@ def train(cfg: Config, task, examples: list[dict], seed: int):
     seed_everything(seed)
     store = open_store(cfg.store)
     provenance = check_store(store, task, examples, seed, cfg.allow_foreign_store)
-    data = examples + store_examples(store)
+    entries = store_examples(store)
     student, facts = start_encoder(cfg, task, examples, seed, resolve_device(cfg.device))
-    losses = fit(student, data, union_fit_config(cfg, len(examples), len(data)), seed, desc=f"kd {task.name} s{seed}")
+    fc, sampler = store_schedule(cfg, examples, entries, seed)
+    losses = fit(student, examples + entries, fc, seed, desc=f"kd {task.name} s{seed}", sampler=sampler)
     return student, {**facts, "store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
-                     **provenance, **final_loss(losses)}
+                     **provenance, "steps": len(losses), **final_loss(losses)}
 
 
 METHOD = Method("kd", Config, train, students=("encoder",), inits=tuple(INITS), needs_store=True,

@@ -1,8 +1,9 @@
 """--method retrikt: an encoder student that retrieves teacher-labelled store entries at inference (after ReAugKD).
 
 Training: cross-entropy on the k-shot set, KL to the teacher's soft labels on store entries, and a relational loss on
-each example's store neighbours (retrikt.student.retrieval has the student and the losses). k, β and τ are chosen on
-a quarter of the k-shot set held out from training, then the final student is trained on all of it (--refit).
+each example's store neighbours (retrikt.student.retrieval has the student and the losses), every batch a fixed share
+of k-shot examples. k, β and τ are chosen by cross-validation over the k-shot set (log-loss, ties to the student's
+own prediction), then the final student is trained on all of it.
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ class Config(kd.Config):
     retrieval_tau: float = arg(0.1, help="retrikt: softmax temperature over neighbour similarities")
     rel_weight: float = arg(1.0, help="retrikt: weight of the relational loss")
     rel_tau: float = arg(0.1, help="retrikt: temperature of the relational loss' similarity distributions")
-    select_settings: bool = arg(True, help="retrikt: choose k, beta, tau on held-out k-shot examples")
-    refit: bool = arg(True, help="retrikt: once k, beta, tau are chosen on the held-out examples, train the final "
-                                 "student on the whole k-shot set (a second training run)")
+    select_settings: bool = arg(True, help="retrikt: choose k, beta, tau on the k-shot set (never on validation)")
+    cv_folds: int = arg(4, help="retrikt: choose k, beta, tau by this many folds of cross-validation over the whole "
+                                "k-shot set, scored by log-loss, ties to the student's own prediction; < 2 = the old "
+                                "rule (accuracy on a quarter held out)")
     no_retrieval: bool = arg(False, help="retrikt ablation: no retrieval at inference (store as training data only)")
     no_relational: bool = arg(False, help="retrikt ablation: no relational loss")
     retrieve_from: str = arg("store", help="retrikt: what the student retrieves from: store | both (the store plus "
@@ -49,8 +51,8 @@ def _fit(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray, 
         e["nbr_ids"], e["nbr_sims"] = i, s
     base, facts = kd.start_encoder(cfg, task, labelled, seed, resolve_device(cfg.device))
     model = RetrievalStudent(base, memory, settings, use_retrieval=not cfg.no_retrieval)
-    fc = kd.union_fit_config(cfg, len(labelled), len(data))
-    losses = fit(model, data, fc, seed, desc=f"retrikt {task.name} s{seed}",
+    fc, sampler = kd.store_schedule(cfg, data[:len(labelled)], data[len(labelled):], seed)
+    losses = fit(model, data, fc, seed, desc=f"retrikt {task.name} s{seed}", sampler=sampler,
                  loss_fn=lambda m, b: retrieval_loss(m, b, fc, settings.rel_weight, cfg.rel_tau))
     return model, memory, losses, facts
 
@@ -83,36 +85,62 @@ def _settings(cfg: Config):
                              rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
 
 
+def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndarray, settings, seed: int) -> dict:
+    """k-fold CV over the k-shot set: each fold's model scores the fold it did not see; the grid is scored by
+    log-loss over all of them. Returns the selection record (chosen setting, β curve, every setting's loss)."""
+    from retrikt.student.retrieval import beta_curve, cv_select, folds_of, retrieval_votes
+    grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
+    p_all, ret_all, y = [], {}, []
+    for f, held in enumerate(folds_of(len(examples), cfg.cv_folds, seed)):
+        part = [dict(e) for i, e in enumerate(examples) if i not in set(held)]
+        rows = [i for i in range(len(examples)) if i not in set(held)]
+        model, _, _, _ = _fit(cfg, task, store, part, emb[rows], settings, seed)
+        dev = [examples[i] for i in held]
+        p, ret = retrieval_votes(model, dev, grid_labels)
+        p_all.append(p)
+        y += [e["label"] for e in dev]
+        for key, r in ret.items():
+            ret_all.setdefault(key, []).append(r)
+    chosen, grid = cv_select(np.concatenate(p_all), {k: np.concatenate(v) for k, v in ret_all.items()}, y)
+    return chosen | {"method": f"{cfg.cv_folds}-fold CV, log-loss", "n": len(y), "beta_curve": beta_curve(grid),
+                     "grid": grid}
+
+
+def _holdout_select(cfg: Config, task, store, copies: list[dict], emb: np.ndarray, settings, seed: int) -> dict:
+    """The old rule: accuracy on a quarter of the k-shot set held out (kept for the ablation)."""
+    from retrikt.student.retrieval import choose_settings, split_holdout
+    fit_part, dev = split_holdout(copies, settings.holdout, seed)
+    if not dev:
+        return {}
+    row = {id(e): i for i, e in enumerate(copies)}
+    model, _, _, _ = _fit(cfg, task, store, fit_part, emb[[row[id(e)] for e in fit_part]], settings, seed)
+    grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
+    return choose_settings(model, dev, grid_labels=grid_labels) | {"method": "holdout accuracy"}
+
+
 def train(cfg: Config, task, examples: list[dict], seed: int):
-    from retrikt.student.retrieval import (check_store, choose_settings, open_store, split_holdout, store_keys_of,
-                                           store_embedder)
+    from retrikt.student.retrieval import check_store, open_store, store_embedder, store_keys_of
     settings = _settings(cfg)
     full_store = open_store(cfg.store)
     provenance = check_store(full_store, task, examples, seed, cfg.allow_foreign_store)
     # copies: the neighbour fields added in _fit must not leak into the shared training pool
     copies = [dict(e) for e in examples]
-    fit_part, dev = split_holdout(copies, settings.holdout, seed) if cfg.select_settings else (copies, [])
-    # one embedder load and one pass over the k-shot set serve the first fit and the refit
-    row = {id(e): i for i, e in enumerate(copies)}
-    emb = store_keys_of(full_store, store_embedder(full_store), task, copies)
-    rows_of = lambda exs: emb[[row[id(e)] for e in exs]]  # noqa: E731
-    model, store, losses, facts = _fit(cfg, task, full_store, fit_part, rows_of(fit_part), settings, seed)
-    grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
-    chosen = choose_settings(model, dev, grid_labels=grid_labels) if dev else {}
-    if not dev:
-        settings.labels = grid_labels[0]
-    for key in ("labels", "k", "beta", "tau"):
+    emb = store_keys_of(full_store, store_embedder(full_store), task, copies)  # one pass serves every fit
+    chosen = {}
+    if cfg.select_settings:
+        select = _cross_validate if cfg.cv_folds >= 2 else _holdout_select
+        chosen = select(cfg, task, full_store, copies, emb, settings, seed)
+    settings.labels = chosen.get("labels", "conditioned" if cfg.retrieval_labels == "conditioned" else "teacher")
+    for key in ("k", "beta", "tau"):
         if key in chosen:
             setattr(settings, key, chosen[key])
-    if dev and cfg.refit:
-        # k, beta and tau only act at inference, so the final student may learn from every labelled example:
-        # holding a quarter of a 32-shot set out would handicap retrikt against finetune and kd.
-        for e in copies:  # neighbour fields of the first fit are recomputed for the new memory
-            e.pop("nbr_ids", None), e.pop("nbr_sims", None)
-        model, store, losses, facts = _fit(cfg, task, full_store, copies, emb, settings, seed)
+    # k, beta and tau only act at inference, so the final student learns from every labelled example
+    for e in copies:
+        e.pop("nbr_ids", None), e.pop("nbr_sims", None)
+    model, store, losses, facts = _fit(cfg, task, full_store, copies, emb, settings, seed)
     return model, {**facts, "store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
-                   **provenance, "retrieval": dict(settings.__dict__), "selection": chosen,
-                   "refit": bool(dev and cfg.refit), **final_loss(losses)}
+                   **provenance, "retrieval": dict(settings.__dict__), "selection": chosen, "refit": True,
+                   "steps": len(losses), **final_loss(losses)}
 
 
 METHOD = Method("retrikt", Config, train, students=("encoder",), inits=tuple(INITS), needs_store=True,

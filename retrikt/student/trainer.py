@@ -133,11 +133,52 @@ class _DataParallelStep:
         return float(total) / self.world
 
 
-def fit(model, examples: list[dict], cfg: FitConfig, seed: int, loss_fn=None, desc: str = "train") -> list[float]:
+class MixedBatches:
+    """Batches with a fixed share of gold (k-shot) examples, the rest store entries, each pool cycled in its own
+    reshuffled order. With a store 30x the k-shot set, batches drawn from the union were ~97% teacher entries and an
+    epoch rule showed the gold examples twice; here each batch holds ``round(share x batch_size)`` gold examples (at
+    least one), so the gold examples get the exposure a fine-tune would, whatever the store's size."""
+
+    def __init__(self, gold: list[dict], store: list[dict], batch_size: int, share: float, seed: int):
+        if not gold:
+            raise ValueError("MixedBatches needs gold examples")
+        self.n_gold = batch_size if not store else min(batch_size, max(1, round(share * batch_size)))
+        self.pools = [(gold, self.n_gold), (store, batch_size - self.n_gold if store else 0)]
+        self.rng = random.Random(seed)
+        self.cursors = [self._order(pool) for pool, _ in self.pools]
+
+    def _order(self, pool: list[dict]) -> list[int]:
+        order = list(range(len(pool)))
+        self.rng.shuffle(order)
+        return order
+
+    def __call__(self, step: int) -> list[dict]:
+        batch = []
+        for i, (pool, n) in enumerate(self.pools):
+            for _ in range(n):
+                if not self.cursors[i]:
+                    self.cursors[i] = self._order(pool)
+                batch.append(pool[self.cursors[i].pop()])
+        return batch
+
+
+def _batches(examples: list[dict], cfg: FitConfig, rng: random.Random):
+    """The default batch stream: passes over ``examples`` in reshuffled order."""
+    order = list(range(len(examples)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order), cfg.batch_size):
+            yield [examples[j] for j in order[i:i + cfg.batch_size]]
+
+
+def fit(model, examples: list[dict], cfg: FitConfig, seed: int, loss_fn=None, desc: str = "train",
+        sampler: MixedBatches | None = None) -> list[float]:
     """Train ``model`` (anything with ``tokenize(examples)`` and ``forward(batch)``) on ``examples``.
 
     ``loss_fn(model, batch_examples) -> loss`` overrides the default classification / KD loss; it should be a mean
     over the batch's examples (then data-parallel training equals one process up to float rounding).
+    ``sampler(step) -> batch`` (:class:`MixedBatches`) replaces the passes over ``examples``; the run then lasts
+    ``cfg.max_steps`` steps.
     Under ``accelerate launch`` every rank calls this with the same examples and seed: each rank computes a
     disjoint share of every global batch (the batches of a one-process run) and DDP all-reduces the gradients.
     Returns the loss of each step (the global batch's, on every rank).
@@ -149,7 +190,7 @@ def fit(model, examples: list[dict], cfg: FitConfig, seed: int, loss_fn=None, de
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
-        total = min(total, cfg.max_steps)
+        total = cfg.max_steps if sampler is not None else min(total, cfg.max_steps)
     warmup = int(cfg.warmup_ratio * total)
     base_lrs = [g["lr"] for g in opt.param_groups]
     losses: list[float] = []
@@ -157,24 +198,21 @@ def fit(model, examples: list[dict], cfg: FitConfig, seed: int, loss_fn=None, de
     rank, n_ranks = world()
     step = _DataParallelStep(model, cfg, loss_fn, rank, n_ranks) if n_ranks > 1 else None
     bar = progress(total=total, desc=desc, leave=False, disable=rank != 0)
-    order = list(range(len(examples)))
-    while len(losses) < total:
-        rng.shuffle(order)
-        for i in range(0, len(order), cfg.batch_size):
-            if len(losses) >= total:
-                break
-            batch = [examples[j] for j in order[i:i + cfg.batch_size]]
-            for g, lr in zip(opt.param_groups, base_lrs):
-                g["lr"] = lr * _schedule(len(losses), total, warmup)
-            opt.zero_grad(set_to_none=True)
-            if step is None:
-                losses.append(_accumulated_step(model, batch, cfg, loss_fn))
-            else:
-                losses.append(step(batch))
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-            opt.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    stream = _batches(examples, cfg, rng) if sampler is None else (sampler(i) for i in range(total))
+    for batch in stream:
+        if len(losses) >= total:
+            break
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * _schedule(len(losses), total, warmup)
+        opt.zero_grad(set_to_none=True)
+        if step is None:
+            losses.append(_accumulated_step(model, batch, cfg, loss_fn))
+        else:
+            losses.append(step(batch))
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+        opt.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     del step  # drops DDP's gradient hooks from the parameters
     model.eval()

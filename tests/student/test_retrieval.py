@@ -135,7 +135,7 @@ def _tiny_store(folder, texts=("good movie", "great film", "bad movie", "terribl
 
 
 @pytest.mark.parametrize("flags", [{}, {"no_relational": True}, {"no_retrieval": True}, {"retrieve_from": "kshot"},
-                                   {"retrieve_from": "kshot", "refit": False}, {"retrieve_from": "both"}])
+                                   {"retrieve_from": "both"}, {"cv_folds": 0}, {"gold_share": 0.0}])
 def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, flags):
     import dataclasses
 
@@ -148,14 +148,17 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
     p = model.predict_proba(EX)
     assert p.shape == (3, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
     assert extra["store_checksum"] == model.store.checksum or flags.get("retrieve_from") == "kshot"
-    assert set(extra["selection"]) >= {"k", "beta", "tau", "dev_main"} and extra["selection"]["dev_n"] == 2
+    if flags.get("cv_folds") == 0:  # the old rule: accuracy on 2 of the 8 held out
+        assert set(extra["selection"]) >= {"k", "beta", "tau", "dev_main"} and extra["selection"]["dev_n"] == 2
+    else:  # 4-fold CV: every k-shot example scored once, by a model that did not see it
+        assert set(extra["selection"]) >= {"k", "beta", "tau", "log_loss", "beta_curve"}
+        assert extra["selection"]["n"] == 8 and extra["selection"]["method"].startswith("4-fold")
     assert "nbr_ids" not in train[0]
     if flags.get("no_retrieval"):
         np.testing.assert_array_equal(p, model.base.predict_proba(EX))
-    assert extra["refit"] is flags.get("refit", True)
-    if flags.get("retrieve_from") == "kshot":
-        # the final student retrieves among all 8 k-shot examples; without refit, minus the 2 held out
-        assert len(model.store) == (8 if flags.get("refit", True) else 6)
+    assert extra["refit"] is True
+    if flags.get("retrieve_from") == "kshot":  # the final student retrieves among all 8 k-shot examples
+        assert len(model.store) == 8
     if flags.get("retrieve_from") == "both":  # the 12 store entries, then the 8 k-shot examples with gold labels
         assert len(model.store) == 20
         np.testing.assert_array_equal(model.teacher_probs[12:], np.eye(2)[[e["label"] for e in train]])
@@ -203,3 +206,34 @@ def test_a_store_without_its_kshot_set_is_accepted_with_a_warning(tmp_path, capl
     with caplog.at_level("WARNING", logger="retrikt.student.retrieval"):
         assert check_store(store, get_task("sst2"), KSHOT, seed=1) == {"store_seed": None, "store_source": "generated"}
     assert "records no k-shot set" in caplog.text
+
+
+def test_cv_selection_keeps_the_student_when_retrieval_adds_nothing_and_retrieves_when_it_knows():
+    """Synthetic out-of-fold predictions: a student that is 70% right, and a retrieval half that either votes with
+    random labels (a store that carries nothing) or with the inputs' gold labels (a store that holds them)."""
+    from retrikt.student.retrieval import cv_select
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.where(np.eye(2)[y] > 0, 0.7, 0.3)
+    noise = np.eye(2)[rng.integers(0, 2, 200)] * 0.8 + 0.1
+    gold = np.eye(2)[y] * 0.8 + 0.1
+    for name, votes, retrieves in (("random", noise, False), ("gold", gold, True)):
+        ret = {("teacher", k, tau): votes for k in (1, 8) for tau in (0.1, 0.5)}
+        chosen, grid = cv_select(p, ret, y)
+        assert (chosen["beta"] < 1) is retrieves, name
+        assert len(grid) == 4 * 5 and chosen["log_loss"] == min(r["log_loss"] for r in grid) or not retrieves
+    # a tie within the tolerance goes to the student's own prediction
+    chosen, _ = cv_select(p, {("teacher", 1, 0.1): p.copy()}, y)
+    assert chosen["beta"] == 1.0
+
+
+def test_mixed_batches_hold_a_fixed_share_of_gold_examples():
+    from retrikt.student.trainer import MixedBatches
+    gold = [{"g": i} for i in range(5)]
+    store = [{"s": i} for i in range(100)]
+    sampler = MixedBatches(gold, store, batch_size=8, share=0.25, seed=0)
+    batches = [sampler(i) for i in range(10)]
+    assert all(sum("g" in e for e in b) == 2 and len(b) == 8 for b in batches)
+    seen = [e["g"] for b in batches[:5] for e in b if "g" in e]
+    assert sorted(seen) == sorted(list(range(5)) * 2)  # every gold example once before any repeats twice
+    assert len(MixedBatches(gold, [], 8, 0.25, 0)(0)) == 8  # no store: whole batches of gold examples
