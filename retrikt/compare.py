@@ -248,7 +248,8 @@ def write_report(cfg: CompareConfig, missing: dict[str, str]) -> str:
                                                                 sort_keys=True, default=str) + "\n"
                                                      for r in results))
     rows = summarise(results)
-    table = markdown_table(rows, cfg.tasks)
+    reference = summarise(majority_rows(cfg)) if rows else []
+    table = markdown_table(rows + reference, cfg.tasks)
     if missing:
         table += "\n\nMissing:\n" + "\n".join(f"- {m}: {why.strip().splitlines()[-1]}" for m, why in missing.items())
     absent = not_run(cfg, results, skip=missing)
@@ -262,6 +263,12 @@ def write_report(cfg: CompareConfig, missing: dict[str, str]) -> str:
         from retrikt.eval.plots import plot_compare
         plot_compare(rows, cfg.tasks, out)
     return table
+
+
+def majority_rows(cfg: CompareConfig) -> list[dict]:
+    """The majority-class record of every task that has fixed labels: the floor each row is read against."""
+    from retrikt.eval.baselines import majority_record
+    return [r for t in cfg.tasks if (r := majority_record(t, cfg.data_dir, cfg.eval_limit)) is not None]
 
 
 def not_run(cfg: CompareConfig, results: list[dict], skip: dict[str, str]) -> list[str]:

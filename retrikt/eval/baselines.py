@@ -14,9 +14,9 @@ ONE_CLASS_SHARE = 0.9  # a run whose predictions are at least this share one cla
 
 def majority_record(task_name: str, data_dir=None, eval_limit: int = 0) -> dict | None:
     """A results record for 'predict the training split's most common label everywhere' (known without looking at
-    validation), scored like every run; None for tasks without fixed labels (regression, multiple choice, spans)."""
+    validation; for COPA, always the same choice), scored like every run; None for regression and span tasks."""
     task = get_task(task_name)
-    if task.is_regression or task.kind != "classification":
+    if task.is_regression or task.kind not in ("classification", "multiple_choice"):
         return None
     train = [e for e in load_split(task, "train", data_dir=data_dir) if e.get("label") is not None]
     majority = Counter(int(e["label"]) for e in train).most_common(1)[0][0]

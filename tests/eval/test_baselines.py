@@ -11,7 +11,7 @@ def test_majority_record_predicts_the_training_majority_and_scores_it_like_a_run
     r = baselines.majority_record("mrpc")  # F1-scored: the majority class (1) scores F1 0.77 here
     assert r["majority_label"] == "equivalent" and r["n"] == 8
     assert abs(r["main"] - 2 * 5 / (2 * 5 + 3)) < 1e-9  # F1 with 5 TP, 3 FP, 0 FN
-    assert baselines.majority_record("copa") is None  # no fixed labels to be the majority
+    assert baselines.majority_record("stsb") is None  # regression: no label to be the majority
 
 
 def _run(preds, main=0.5, method="retrikt", seed=1):
