@@ -8,6 +8,8 @@ STAMP := $(VENV)/.retrikt-installed
 TEST_MODELS := minilm-l6 smollm2-135m qwen-0.5b
 DEMO_MODELS := minilm-l6 qwen-0.5b
 export OMP_NUM_THREADS ?= 1
+# the demo has the machine to itself: every core (tests keep one thread; small ops slow down when cores are shared)
+DEMO_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -30,7 +32,7 @@ models-%: $(STAMP)
 # The main job on the embedded default: qwen-0.5b builds a small CB knowledge store, a MiniLM retrieval student
 # learns from it, scored beside the teacher, plain fine-tuning and distillation (no retrieval).
 demo: $(STAMP) models-demo
-	$(PY) -m retrikt.compare --preset demo
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) -m retrikt.compare --preset demo
 
 test: $(STAMP) models-test
 	$(PY) -m pytest -q
