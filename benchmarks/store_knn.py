@@ -21,6 +21,7 @@ from retrikt.config import arg, parse_config
 from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store import Store
 from retrikt.store.samples import embed_examples, pair_format
+from retrikt.teacher.labeller import pick_demos
 from retrikt.teacher.lm import calibration_applies
 from retrikt.student.retrieval import neighbour_vote
 from retrikt.tasks import compute_metrics, get_task, load_split, sample_few_shot
@@ -67,11 +68,16 @@ def calibrated(store, task, soft: np.ndarray, data_dir) -> np.ndarray:
     divides by the labeller's label prior (same teacher, same demonstrations), so it can be applied afterwards."""
     from retrikt.teacher.lm import LMClassifier
     cfg = store.manifest["config"]
-    if cfg.get("label_calibration", "none") != "none":
-        return soft
+    labeller = store.manifest.get("labeller") or {"kind": "icl", "model": store.manifest["teacher"]}
+    if cfg.get("label_calibration", "none") != "none" or labeller["kind"] == "adapted":
+        return soft  # already calibrated, or trained on the task's labels: no content-free prior to divide out
     pool = {e["idx"]: e for e in load_split(task, "train", data_dir=data_dir)}
-    demos = [pool[i] for i in store.manifest["kshot_idx"][:cfg["label_demos"]]]
-    model, tok = models.load_causal_lm(store.manifest["teacher"], device="cpu")
+    kshot = [pool[i] for i in store.manifest["kshot_idx"]]
+    if "labeller" in store.manifest:  # the labeller's own demonstrations (pick_demos); older stores: the first ones
+        demos = pick_demos(kshot, cfg["label_demos"], store.manifest["seed"]) if labeller["kind"] == "icl" else []
+    else:
+        demos = kshot[:cfg["label_demos"]]
+    model, tok = models.load_causal_lm(labeller["model"], device="cpu")
     prior = LMClassifier(model, tok, task, demos=demos, calibrate="content-free").label_prior()
     q = soft / prior
     return (q / q.sum(1, keepdims=True)).astype(np.float32)

@@ -162,6 +162,15 @@ def result_file(cfg: CompareConfig, tc) -> Path:
     return Path(tc.out) / (run_name(tc.task, run_label(tc), student, tc.seeds[0]) + ".json")
 
 
+def _same_store(result: Path, store: str | None) -> bool:
+    """Whether the result was trained on the store now at ``store`` (its manifest's checksum); a missing store is
+    built before the run, so a result without one is not taken as done."""
+    from retrikt.io import MANIFEST, sha256_file
+    if not store or not (Path(store) / MANIFEST).exists():
+        return False
+    return json.loads(result.read_text()).get("store_checksum") == sha256_file(Path(store) / MANIFEST)
+
+
 def _done(cfg: CompareConfig, tc) -> bool:
     from retrikt.teacher.lm import calibration_applies
     from retrikt.tasks import get_task
@@ -172,10 +181,10 @@ def _done(cfg: CompareConfig, tc) -> bool:
     if r.label == MODULE_SOURCE:  # a result without its saved module (an older run) cannot feed other rows: redo it
         return (lora_adapter(cfg, tc.task, tc.seeds[0]) / "adapter_config.json").exists()
     recorded = json.loads(path.read_text()).get("config", {})
-    if r.needs_store and recorded.get("store") != tc.store:
-        # trained on another store (before stores were per seed: the seed-1 store for every seed)
-        logger.info("%s %s seed %d used store %s, the grid now uses %s: redoing it", tc.task, r.label,
-                    tc.seeds[0], recorded.get("store"), tc.store)
+    if r.needs_store and (recorded.get("store") != tc.store or not _same_store(path, tc.store)):
+        # trained on another store (before stores were per seed: the seed-1 store for every seed), or on a store
+        # since rebuilt at the same path
+        logger.info("%s %s seed %d used another store than %s: redoing it", tc.task, r.label, tc.seeds[0], tc.store)
         return False
     if r.needs_lora_modules and recorded.get("adapters") != list(tc.adapters):
         # merged from another set of tasks (the grid grew): its init is not this grid's

@@ -32,7 +32,8 @@ def store_schedule(cfg: Config, gold: list[dict], store: list[dict], seed: int) 
         fc.epochs = max(2, int(round(cfg.epochs * len(gold) / max(1, len(gold) + len(store)))))
         return fc, None
     sampler = MixedBatches(gold, store, cfg.batch_size, cfg.gold_share, seed)
-    fc.max_steps = cfg.store_steps or max(1, math.ceil(cfg.epochs * len(gold) / sampler.n_gold))
+    steps = cfg.store_steps or max(1, math.ceil(cfg.epochs * len(gold) / sampler.n_gold))
+    fc.max_steps = min(steps, cfg.max_steps) if cfg.max_steps else steps  # --max-steps stays a cap
     return fc, sampler
 
 

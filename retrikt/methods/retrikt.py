@@ -91,7 +91,8 @@ def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndar
     from retrikt.student.retrieval import beta_curve, cv_select, folds_of, retrieval_votes
     grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
     p_all, ret_all, y = [], {}, []
-    for f, held in enumerate(folds_of(len(examples), cfg.cv_folds, seed)):
+    folds = [held for held in folds_of(len(examples), min(cfg.cv_folds, len(examples)), seed) if held]
+    for held in folds:
         part = [dict(e) for i, e in enumerate(examples) if i not in set(held)]
         rows = [i for i in range(len(examples)) if i not in set(held)]
         model, _, _, _ = _fit(cfg, task, store, part, emb[rows], settings, seed)
@@ -102,7 +103,7 @@ def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndar
         for key, r in ret.items():
             ret_all.setdefault(key, []).append(r)
     chosen, grid = cv_select(np.concatenate(p_all), {k: np.concatenate(v) for k, v in ret_all.items()}, y)
-    return chosen | {"method": f"{cfg.cv_folds}-fold CV, log-loss", "n": len(y), "beta_curve": beta_curve(grid),
+    return chosen | {"method": f"{len(folds)}-fold CV, log-loss", "n": len(y), "beta_curve": beta_curve(grid),
                      "grid": grid}
 
 
@@ -128,7 +129,7 @@ def train(cfg: Config, task, examples: list[dict], seed: int):
     emb = store_keys_of(full_store, store_embedder(full_store), task, copies)  # one pass serves every fit
     chosen = {}
     if cfg.select_settings:
-        select = _cross_validate if cfg.cv_folds >= 2 else _holdout_select
+        select = _cross_validate if cfg.cv_folds >= 2 and len(copies) >= 2 else _holdout_select
         chosen = select(cfg, task, full_store, copies, emb, settings, seed)
     settings.labels = chosen.get("labels", "conditioned" if cfg.retrieval_labels == "conditioned" else "teacher")
     for key in ("k", "beta", "tau"):

@@ -84,9 +84,9 @@ class StoreWriter:
                 if old.get(key) != self.meta[key]:
                     raise RetriktError(f"{state}: this build used {key} {old.get(key)!r}, not {self.meta[key]!r}; "
                                        "resume with the same one or write to a new folder")
-            # parts drawn for another seed's k-shot set, or from another source, must not mix into one store;
-            # builds that predate these keys do not record them
-            for key in ("seed", "source", "kshot_idx"):
+            # parts drawn for another seed's k-shot set, from another source, or labelled by another labeller must
+            # not mix into one store; builds that predate these keys do not record them
+            for key in ("seed", "source", "kshot_idx", "labeller"):
                 if key in old and key in self.meta and old[key] != self.meta[key]:
                     raise RetriktError(f"{state}: this build used another {key} ({str(old[key])[:40]}, now "
                                        f"{str(self.meta[key])[:40]}); resume with the same one or write to a new "

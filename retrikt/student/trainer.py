@@ -172,13 +172,14 @@ def _batches(examples: list[dict], cfg: FitConfig, rng: random.Random):
 
 
 def fit(model, examples: list[dict], cfg: FitConfig, seed: int, loss_fn=None, desc: str = "train",
-        sampler: MixedBatches | None = None) -> list[float]:
+        sampler: MixedBatches | None = None, local: bool = False) -> list[float]:
     """Train ``model`` (anything with ``tokenize(examples)`` and ``forward(batch)``) on ``examples``.
 
     ``loss_fn(model, batch_examples) -> loss`` overrides the default classification / KD loss; it should be a mean
     over the batch's examples (then data-parallel training equals one process up to float rounding).
     ``sampler(step) -> batch`` (:class:`MixedBatches`) replaces the passes over ``examples``; the run then lasts
-    ``cfg.max_steps`` steps.
+    ``cfg.max_steps`` steps. ``local``: this process trains alone even under a launcher (e.g. rank 0 adapting the
+    teacher while the other ranks wait), so no gradient is all-reduced.
     Under ``accelerate launch`` every rank calls this with the same examples and seed: each rank computes a
     disjoint share of every global batch (the batches of a one-process run) and DDP all-reduces the gradients.
     Returns the loss of each step (the global batch's, on every rank).
@@ -195,7 +196,9 @@ def fit(model, examples: list[dict], cfg: FitConfig, seed: int, loss_fn=None, de
     base_lrs = [g["lr"] for g in opt.param_groups]
     losses: list[float] = []
     model.train()
-    rank, n_ranks = world()
+    rank, n_ranks = (0, 1) if local else world()
+    if total == 0 or not (examples or sampler):
+        return losses
     step = _DataParallelStep(model, cfg, loss_fn, rank, n_ranks) if n_ranks > 1 else None
     bar = progress(total=total, desc=desc, leave=False, disable=rank != 0)
     stream = _batches(examples, cfg, rng) if sampler is None else (sampler(i) for i in range(total))

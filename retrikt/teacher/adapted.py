@@ -55,10 +55,13 @@ def cache_root(cfg: AdaptConfig) -> Path:
 
 
 def adapter_key(teacher: str, task, kshot: list[dict], seed: int, cfg: AdaptConfig) -> dict:
-    """Everything the adapter depends on. The k-shot indices, not just seed and shots: a changed data file or
-    sampler gives another k-shot set from the same seed."""
+    """Everything the adapter depends on. The k-shot indices and a hash of their prompts and labels, not just seed
+    and shots: a changed data file, sampler or prompt gives another k-shot set from the same seed."""
+    # what the examples say, too: a relabelled or edited data file keeps its indices
+    content = [[task.prompt(e), task.continuations(e), e.get("label")] for e in kshot]
     return {"teacher": str(teacher), "task": task.name, "seed": int(seed), "shots": len(kshot),
-            "kshot_idx": [e.get("idx") for e in kshot], "recipe": {k: getattr(cfg, k) for k in RECIPE}}
+            "kshot_idx": [e.get("idx") for e in kshot], "recipe": {k: getattr(cfg, k) for k in RECIPE},
+            "kshot_sha256": hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()}
 
 
 def adapter_folder(key: dict, cfg: AdaptConfig) -> Path:
@@ -99,10 +102,12 @@ def adapted_teacher(teacher: str, task, kshot: list[dict], seed: int, cfg: Adapt
         peft_model = seeded_peft_model(model, lora_config_for(model, cfg.adapt_r, cfg.adapt_alpha, True), seed)
         fc = FitConfig(epochs=cfg.adapt_epochs, lr=cfg.adapt_lr, batch_size=cfg.adapt_batch_size, micro_batch_size=2)
         clf = LMClassifier(peft_model, tok, task, max_length=cfg.adapt_max_length)
-        losses = fit(clf, kshot, fc, seed, desc=f"adapt {teacher} {task.name} s{seed}")
+        # local: under accelerate launch only rank 0 adapts (the others wait for the saved adapter)
+        losses = fit(clf, kshot, fc, seed, desc=f"adapt {teacher} {task.name} s{seed}", local=True)
         save_adapter(peft_model, folder, init_seed=seed, task=task.name,
                      extra={"key": key, "final_loss": losses[-1] if losses else None})
-        logger.info("adapted teacher saved to %s (loss %.3f -> %.3f)", folder, losses[0], losses[-1])
+        logger.info("adapted teacher saved to %s (%d steps, final loss %s)", folder, len(losses),
+                    f"{losses[-1]:.3f}" if losses else "-")
         reused = False
     peft_model.eval()
     out = peft_model.merge_and_unload() if merge else peft_model

@@ -82,6 +82,10 @@ class LMClassifier(nn.Module):
             ids = tok(self.task.prompt(e), add_special_tokens=False)["input_ids"]
             c = [tok(s, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for s in self._continuations(e)]
             keep = self.max_length - len(self._prefix_ids) - max(len(x) for x in c)
+            if keep < 1:
+                raise RetriktError(f"max_length={self.max_length} leaves no room for an example after "
+                                   f"{len(self._prefix_ids)} demonstration tokens and a {max(map(len, c))}-token "
+                                   "continuation: use fewer demonstrations or a larger max_length")
             prompts.append(ids[-keep:])  # keep the end: it holds the question and the answer cue
             conts.append(c)
         return prompts, conts
@@ -119,15 +123,16 @@ class LMClassifier(nn.Module):
             seqs = [self._prefix_ids + s for s in seqs]
         ids, mask = self._pad(seqs)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
-        kw = {}
         if past is not None:
             pos = pos + offset
             mask = torch.cat([torch.ones(len(seqs), offset, dtype=mask.dtype, device=mask.device), mask], 1)
-            kw = {_cache_kwarg(self.model): _expand_cache(past, len(seqs)), "use_cache": True}
+
+        def kw():  # a fresh cache copy per call: a forward pass appends to it
+            return {} if past is None else {_cache_kwarg(self.model): _expand_cache(past, len(seqs)), "use_cache": True}
         try:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, **kw)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, **kw())
         except TypeError:  # a model without logits_to_keep
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw())
         return out.logits[:, -keep:]
 
     def _single_token_scores(self, prompts, conts, past=None) -> torch.Tensor:

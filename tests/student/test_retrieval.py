@@ -237,3 +237,14 @@ def test_mixed_batches_hold_a_fixed_share_of_gold_examples():
     seen = [e["g"] for b in batches[:5] for e in b if "g" in e]
     assert sorted(seen) == sorted(list(range(5)) * 2)  # every gold example once before any repeats twice
     assert len(MixedBatches(gold, [], 8, 0.25, 0)(0)) == 8  # no store: whole batches of gold examples
+
+
+def test_cv_with_fewer_examples_than_folds_uses_one_fold_per_example(tmp_path):
+    from retrikt.methods import TrainConfig, run_method
+    path = _tiny_store(tmp_path / "store")
+    cfg = TrainConfig(task="sst2", method="retrikt", student="tiny-encoder", store=str(path), epochs=1,
+                      allow_foreign_store=True)
+    train = [{"idx": 0, "sentence": "good film", "label": 1}, {"idx": 1, "sentence": "bad film", "label": 0},
+             {"idx": 2, "sentence": "great movie", "label": 1}]
+    _, extra = run_method(cfg, get_task("sst2"), train, seed=1)
+    assert extra["selection"]["method"] == "3-fold CV, log-loss" and extra["selection"]["n"] == 3

@@ -48,7 +48,8 @@ def test_adapter_is_trained_saved_in_peft_format_and_reused(tiny, tmp_path, monk
 
 
 @pytest.mark.parametrize("change", [dict(seed=2), dict(kshot=KSHOT[:4]), dict(cfg=dict(adapt_r=2)),
-                                    dict(teacher="other"), dict(task="cola")])
+                                    dict(teacher="other"), dict(task="cola"),
+                                    dict(kshot=[dict(e, label=1 - e["label"]) for e in KSHOT])])  # same indices
 def test_a_changed_key_trains_a_new_adapter(tiny, tmp_path, monkeypatch, change):
     cfg = AdaptConfig(adapt_r=4, adapt_alpha=4, adapt_epochs=1, teacher_cache=str(tmp_path))
     trained = []

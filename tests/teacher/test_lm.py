@@ -158,3 +158,13 @@ def test_length_batches_cover_every_index_once_and_bound_padding():
     for b in batches:
         assert max(lengths[i] for i in b) <= 1.25 * min(lengths[i] for i in b) + 2
     assert [lengths[i] for i in batches[0]] == [30, 31, 32, 33]  # sorted, full batches where lengths allow
+
+
+def test_an_example_with_no_room_left_is_refused_not_silently_overlong(lm):
+    model, tok = lm
+    task = get_task("copa")
+    ex = {"idx": 0, "premise": "the man ran", "choice1": "he sat", "choice2": "the dog ran on the cat " * 6,
+          "question": "cause", "label": 1}
+    clf = LMClassifier(model, tok, task, max_length=30)
+    with pytest.raises(Exception, match="leaves no room"):
+        clf.tokenize([ex])
