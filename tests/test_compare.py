@@ -263,9 +263,9 @@ def test_preset_file_then_user_yaml_then_command_line(tmp_path):
     y.write_text("preset: demo\nseeds: [7, 8]\nepochs: 5\n")
     cfg = compare.parse_args(["--config", str(y)])
     assert (cfg.preset, cfg.seeds, cfg.epochs, cfg.tasks, cfg.out) == (
-        "demo", [7, 8], 5, ["cb"], "benchmarks/results/compare-demo")          # preset < YAML
+        "demo", [7, 8], 5, ["sst2"], "benchmarks/results/compare-demo")          # preset < YAML
     cfg = compare.parse_args(["--config", str(y), "--seeds", "9", "--tasks", "rte"])
-    assert (cfg.seeds, cfg.tasks, cfg.epochs, cfg.per_label) == ([9], ["rte"], 5, 16)   # YAML < flags
+    assert (cfg.seeds, cfg.tasks, cfg.epochs, cfg.per_label) == ([9], ["rte"], 5, 64)   # YAML < flags
     cfg = compare.parse_args(["--config", str(y), "--smoke"])                  # the flag's preset replaces demo's
     assert (cfg.preset, cfg.seeds, cfg.student, cfg.tasks) == ("smoke", [7, 8], "tiny-encoder",
                                                                compare.CompareConfig().tasks)
@@ -280,3 +280,16 @@ def test_every_shipped_preset_is_a_recipe_config_can_read(name):
     path = compare.PRESETS / f"{name}.yaml"
     assert compare.parse_args(["--config", str(path)]) == compare.parse_args(["--preset", name])
     assert f"--preset {name}" in compare.regenerate_command(compare.parse_args(["--preset", name]))
+
+
+def test_a_store_is_built_from_the_task_recipe_under_what_compare_fixes(tmp_path):
+    from pathlib import Path
+
+    from retrikt.compare import CompareConfig, build_config
+    (tmp_path / "sst2.yaml").write_text("task: sst2\nseed: 7\nper_label: 900\nbatch_size: 32\nprompt_epochs: 5\n"
+                                        "out: elsewhere\nteacher: qwen-1.5b\n")
+    cfg = CompareConfig(store_recipes=str(tmp_path), teacher="tiny-causal", prompt_epochs=2)
+    b = build_config(cfg, "sst2", 3, Path("stores/x"))
+    assert (b.batch_size, b.per_label) == (32, 900)                      # the recipe's
+    assert (b.seed, b.teacher, b.out, b.prompt_epochs) == (3, "tiny-causal", "stores/x", 2)  # compare's
+    assert build_config(cfg, "rte", 3, Path("stores/y")).batch_size == 8  # no recipe: retrikt.build's defaults
