@@ -21,7 +21,7 @@ from pathlib import Path
 
 from retrikt.config import arg, parse_config
 from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
-from retrikt.port import PortRunConfig, score_student, eval_examples, host_path, run_cell, summarise, train_source
+from retrikt.port import PortRunConfig, score_student, eval_examples, host_path, port_summary, run_cell, train_source
 from retrikt.logs import setup_logging
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,7 +61,7 @@ def _run_config(cfg: PortabilityBench, peft_type: str, src: str, dst: str) -> Po
 
 def _direction(cfg: PortabilityBench, run: PortRunConfig, task, module: Path, evals, train) -> dict:
     """Every condition × seed of one module moved to the other host."""
-    from retrikt.init.port import port_student
+    from retrikt.init.portability import port_student
     source = port_student(module, host_path(run.from_host, run), task, "ported", 0, run.max_length)
     out = {"peft_type": run.peft_type, "from": run.from_host, "to": run.to_host,
            "source": score_student(source, task, evals), "rows": []}
@@ -74,7 +74,7 @@ def _direction(cfg: PortabilityBench, run: PortRunConfig, task, module: Path, ev
             out["rows"].append(row)
             logger.info("%s %s->%s %s s%d: zero-shot %.3f fine-tuned %.3f", run.peft_type, run.from_host, run.to_host,
                         condition, seed, row["zero_shot"]["main"], row.get("finetuned", {}).get("main", 0))
-    out["summary"] = summarise(out["rows"])
+    out["summary"] = port_summary(out["rows"])
     return out
 
 

@@ -81,7 +81,7 @@ def eval_examples(task, cfg: PortRunConfig) -> list[dict]:
     return sorted(examples, key=lambda e: sum(len(t or "") for t in task.text_pair(e)))
 
 
-def fit_config(cfg: PortRunConfig, peft_type: str, epochs: int, causal: bool = False):
+def port_fit_config(cfg: PortRunConfig, peft_type: str, epochs: int, causal: bool = False):
     from retrikt.student.trainer import FitConfig
     # causal hosts: gradients accumulated over micro-batches of 2, as retrikt.train does (bounded activations)
     return FitConfig(epochs=epochs, lr=cfg.lr or DEFAULT_LR.get(peft_type, 5e-4), head_lr=cfg.head_lr,
@@ -96,7 +96,7 @@ def score_student(student, task, examples: list[dict]) -> dict:
 
 def train_source(cfg: PortRunConfig, task, train: list[dict], folder: Path) -> Path:
     """Train a ``cfg.peft_type`` module (+ head) on ``cfg.from_host`` with k-shot data; save it into ``folder``."""
-    from retrikt.init.port import PEFT_TYPES, new_student, save_module
+    from retrikt.init.portability import PEFT_TYPES, new_student, save_module
     from retrikt.teacher.lm import LMClassifier
     from retrikt.methods.base import resolve_device
     from retrikt.student.trainer import fit
@@ -107,7 +107,7 @@ def train_source(cfg: PortRunConfig, task, train: list[dict], folder: Path) -> P
     student = new_student(host_path(cfg.from_host, cfg), task, cfg.peft_type, cfg.source_seed, cfg.max_length,
                           device=resolve_device(cfg.device))
     causal = isinstance(student, LMClassifier)
-    losses = fit(student, shots, fit_config(cfg, PEFT_TYPES[cfg.peft_type], cfg.source_epochs, causal),
+    losses = fit(student, shots, port_fit_config(cfg, PEFT_TYPES[cfg.peft_type], cfg.source_epochs, causal),
                  cfg.source_seed, desc=f"source {cfg.peft_type}")
     return save_module(student, folder, init_seed=cfg.source_seed, task=task.name,
                        extra={"host": cfg.from_host, "shots": cfg.shots, "epochs": cfg.source_epochs,
@@ -118,7 +118,7 @@ def run_cell(cfg: PortRunConfig, task, module: str, to_host: str, condition: str
              evals: list[dict], train: list[dict], zero_shot: dict | None = None) -> dict:
     """One (condition, seed): port, score zero-shot (unless ``zero_shot`` is given: the ported module does not
     depend on the seed), optionally fine-tune on M_r and score again."""
-    from retrikt.init.port import load_module, port_student
+    from retrikt.init.portability import load_module, port_student
     from retrikt.methods.base import resolve_device
     from retrikt.student.trainer import fit
     from retrikt.tasks import sample_few_shot
@@ -130,7 +130,7 @@ def run_cell(cfg: PortRunConfig, task, module: str, to_host: str, condition: str
     if cfg.finetune_epochs:
         shots = sample_few_shot(train, n=cfg.shots, seed=seed, task=task)
         mod = load_module(module)
-        losses = fit(student, shots, fit_config(cfg, mod.peft_type, cfg.finetune_epochs, mod.causal), seed,
+        losses = fit(student, shots, port_fit_config(cfg, mod.peft_type, cfg.finetune_epochs, mod.causal), seed,
                      desc=f"{condition} s{seed}")
         row["finetuned"] = score_student(student, task, evals)
         row["finetune_loss_last"] = losses[-1] if losses else None
@@ -138,7 +138,7 @@ def run_cell(cfg: PortRunConfig, task, module: str, to_host: str, condition: str
     return row
 
 
-def summarise(rows: list[dict]) -> dict:
+def port_summary(rows: list[dict]) -> dict:
     """condition -> {zero_shot / finetuned: {mean, std, n}} of the main metric over seeds (std with ddof=0)."""
     out: dict = {}
     for cond in dict.fromkeys(r["condition"] for r in rows):
@@ -152,7 +152,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def run_port(cfg: PortRunConfig) -> dict:
     """The whole run: (train the source module,) score it on M_o, then every condition × seed on M_r."""
-    from retrikt.init.port import port_student
+    from retrikt.init.portability import port_student
     from retrikt.methods.base import resolve_device
     from retrikt.tasks import get_task, load_split
     task = get_task(cfg.task)
@@ -179,7 +179,7 @@ def run_port(cfg: PortRunConfig) -> dict:
             logger.info("%s seed %d: zero-shot %.4f%s", condition, seed, row["zero_shot"]["main"],
                         f", fine-tuned {row['finetuned']['main']:.4f}" if "finetuned" in row else "")
             result["rows"].append(row)
-    result["summary"] = summarise(result["rows"])
+    result["summary"] = port_summary(result["rows"])
     return result
 
 

@@ -1,5 +1,5 @@
 """PEFT adapter folders on disk: the one place that reads and writes them, and the PEFT facts both arithmetic
-(:mod:`retrikt.init.arithmetic`) and porting (:mod:`retrikt.init.port`) rely on.
+(:mod:`retrikt.init.arithmetic`) and porting (:mod:`retrikt.init.portability`) rely on.
 
 An adapter folder holds PEFT's ``adapter_config.json`` + ``adapter_model.safetensors``, a ``retrikt_adapter.json``
 sidecar (init seed and checksum, base model, PEFT type, task) and a manifest written last. A/B-space arithmetic

@@ -1,9 +1,9 @@
-"""LoRA modules ported to a *smaller* host (``align="blocks"`` of :mod:`retrikt.init.port`).
+"""LoRA modules ported to a *smaller* host (``align="blocks"`` of :mod:`retrikt.init.portability`).
 
 Source-host layers are picked by the module's own update norm (:func:`retrikt.init.sensitivity.select_layers`) and
 from each ``ΔW = s·B A`` the block of the small host's shape with the largest ``|ΔW|`` mass is cut
 (:func:`retrikt.init.sensitivity.best_block`). Cutting rows of B and columns of A gives that block of ΔW exactly,
-so no SVD is needed. Kept apart from :mod:`retrikt.init.port` because it is the one part that reads LoRA key
+so no SVD is needed. Kept apart from :mod:`retrikt.init.portability` because it is the one part that reads LoRA key
 names and layer structure; the rest of porting treats a module's tensors as opaque.
 """
 from __future__ import annotations

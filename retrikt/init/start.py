@@ -96,7 +96,7 @@ def _parametric(cfg, task, examples, seed, device, lm):
 
 def _port(cfg, task, examples, seed, device, lm):
     """A PEFT module trained on another host, ported onto the student (ported / scratch / sampled)."""
-    from retrikt.init.port import port_student
+    from retrikt.init.portability import port_student
     if not cfg.adapters:
         raise RetriktError("port needs --adapters DIR: a module saved by python -m retrikt.port (or retrikt.compose), "
                            "and --condition ported|scratch|sampled")
@@ -113,7 +113,7 @@ STARTS = {"none": _none, "arithmetic": _arithmetic, "parametric": _parametric, "
 def merge_into_weights(student) -> None:
     """Fold the initialiser's PEFT module into the student's own weights, all of them trainable again (PEFT froze
     them): for methods that train every weight, the module is only where the weights start."""
-    from retrikt.init.port import is_prompt_learning
+    from retrikt.init.portability import is_prompt_learning
     model = student.encoder
     if not hasattr(model, "peft_config"):
         return

@@ -50,6 +50,7 @@ def test_lora_scaling_refuses_invalid_values(config, field):
 
 
 def test_port_and_arithmetic_use_the_one_lora_scaling():
-    from retrikt.init import arithmetic, port, port_align
+    from retrikt.init import arithmetic, port_align
+    from retrikt.init import portability as port
     assert port.lora_scaling is arithmetic.lora_scaling is lora_scaling
     assert not hasattr(port_align, "_lora_scaling") and not hasattr(arithmetic, "_lora_scaling")

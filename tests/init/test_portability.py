@@ -10,7 +10,7 @@ from peft import get_peft_model, get_peft_model_state_dict
 from torch import nn
 
 from retrikt.init import hosts
-from retrikt.init.port import (load_module, new_student, peft_config_for, port_adapter, port_student,
+from retrikt.init.portability import (load_module, new_student, peft_config_for, port_adapter, port_student,
                                save_module)
 from retrikt.init.sensitivity import best_block_loop
 from retrikt.io import RetriktError, read_manifest
