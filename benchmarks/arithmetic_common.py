@@ -15,7 +15,7 @@ from retrikt import models
 from retrikt.config import arg
 from retrikt.eval import evaluate
 from retrikt.init.adapters import seeded_peft_model
-from retrikt.init.port import peft_config_for
+from retrikt.init.portability import peft_config_for
 from retrikt.student.encoder import EncoderClassifier
 from retrikt.student.trainer import FitConfig, fit
 from retrikt.tasks import load_split

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from retrikt import models
 from retrikt.init.adapters import seeded_peft_model
 from retrikt.init.arithmetic import negate
-from retrikt.init.port import peft_config_for
+from retrikt.init.portability import peft_config_for
 from retrikt.student.encoder import EncoderClassifier
 from retrikt.student.trainer import FitConfig, fit, seed_everything
 from retrikt.tasks import get_task, load_split

@@ -168,8 +168,8 @@ def build_config(cfg: CompareConfig, task: str, seed: int, path: Path):
                 data_dir=cfg.data_dir)
     data.update({k: getattr(cfg, k) for k in ("per_label", "max_new_tokens", "prompt_epochs")
                  if getattr(cfg, k) is not None})
-    if cfg.preset == "smoke":  # random tiny models never end a sample and agree with the conditioned label by chance
-        data.update({k: SMOKE[k] for k in ("keep_unfinished", "min_agreement")})
+    if cfg.preset == "smoke":  # random tiny models: no format, no end, chance agreement, near-identical embeddings
+        data.update({k: SMOKE[k] for k in ("keep_unfinished", "min_agreement", "dedup_threshold", "parse_mode")})
     return from_dict(BuildConfig, data, str(recipe) if recipe.exists() else "compare")
 
 

@@ -293,3 +293,13 @@ def test_a_store_is_built_from_the_task_recipe_under_what_compare_fixes(tmp_path
     assert (b.batch_size, b.per_label) == (32, 900)                      # the recipe's
     assert (b.seed, b.teacher, b.out, b.prompt_epochs) == (3, "tiny-causal", "stores/x", 2)  # compare's
     assert build_config(cfg, "rte", 3, Path("stores/y")).batch_size == 8  # no recipe: retrikt.build's defaults
+
+
+def test_smoke_stores_from_the_random_tiny_teacher_have_entries(tmp_path):
+    """The smoke preset's stores come from a random teacher: no format, no end, near-identical embeddings. Its
+    build settings must still let entries through, or every kd / retrikt cell of `compare --smoke` is missing."""
+    args = ["--smoke", "--tasks", "rte", "--methods", "kd", "--seeds", "1", "--out", str(tmp_path / "cmp"),
+            "--stores", str(tmp_path / "stores")]
+    assert compare.main(args) == 0
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "| kd | tiny-encoder |" in table and "Missing" not in table
