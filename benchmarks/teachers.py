@@ -61,9 +61,10 @@ def cell(runs: list[dict]) -> dict | None:
 def fmt(c: dict | None) -> str:
     if c is None:
         return "–"
-    spread = f" ± {c['std']:.1f}" if c["std"] is not None else " (1 run)"
+    spread = f" ± {c['std']:.1f}" if c["std"] is not None else ""
     n = "/".join(map(str, c["n"]))
-    return f"{c['mean']:.1f}{spread} <sub>n={n}, {c['examples_per_s']:.2f} ex/s</sub>"
+    runs = f"{len(c['seeds'])} run{'s' if len(c['seeds']) > 1 else ''}, " if len(c["seeds"]) != 3 else ""
+    return f"{c['mean']:.1f}{spread} <sub>{runs}n={n}, {c['examples_per_s']:.2f} ex/s</sub>"
 
 
 def main(argv=None) -> None:
@@ -77,7 +78,9 @@ def main(argv=None) -> None:
     lines = ["# Teachers: zero-shot, in-context and adapted, 32-shot", "",
              "Main metric (accuracy; CoLA MCC x 100), mean ± std over seeds "
              f"{' '.join(map(str, cfg.seeds))} (the zero-shot row does not depend on the seed: one run); n = "
-             "validation examples scored; ex/s = scoring speed of that run.", "",
+             "validation examples scored; ex/s = scoring speed of that run, usually measured with other jobs on the "
+             "same 2 cores (so pessimistic, and not comparable across rows; `benchmarks.scoring` measures speed "
+             "alone). The zero-shot qwen-0.5b and fine-tune rows are the compare grid's runs.", "",
              "| model | mode | " + " | ".join(cfg.tasks) + " |", "|---|---|" + "---|" * len(cfg.tasks)]
     for r in rows:
         lines.append(f"| {r['model']} | {r['mode']} | " + " | ".join(fmt(r["cells"][t]) for t in cfg.tasks) + " |")
