@@ -132,7 +132,8 @@ def write(cfg: ScoringBench, rows: list[dict], machine: dict) -> None:
             lines.append(f"- {m} {t} {th} thread(s): cached {best['zero-shot'] / best['icl, demos cached']:.2f}x, "
                          f"inline {best['zero-shot'] / best['icl, demos inline (old)']:.2f}x")
     lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.scoring "
-              f"--models {' '.join(cfg.models)} --n {cfg.n}` (nothing else running)"]
+              f"--models {' '.join(cfg.models)} --n {cfg.n} --batch-sizes {' '.join(map(str, cfg.batch_sizes))} "
+              f"--threads {' '.join(map(str, cfg.threads))}` (nothing else running)"]
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
 
 
