@@ -93,8 +93,8 @@ def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndar
     p_all, ret_all, y = [], {}, []
     folds = [held for held in folds_of(len(examples), min(cfg.cv_folds, len(examples)), seed) if held]
     for held in folds:
-        part = [dict(e) for i, e in enumerate(examples) if i not in set(held)]
-        rows = [i for i in range(len(examples)) if i not in set(held)]
+        rows = sorted(set(range(len(examples))) - set(held))
+        part = [dict(examples[i]) for i in rows]
         model, _, _, _ = _fit(cfg, task, store, part, emb[rows], settings, seed)
         dev = [examples[i] for i in held]
         p, ret = retrieval_votes(model, dev, grid_labels)

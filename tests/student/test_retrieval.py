@@ -221,7 +221,9 @@ def test_cv_selection_keeps_the_student_when_retrieval_adds_nothing_and_retrieve
         ret = {("teacher", k, tau): votes for k in (1, 8) for tau in (0.1, 0.5)}
         chosen, grid = cv_select(p, ret, y)
         assert (chosen["beta"] < 1) is retrieves, name
-        assert len(grid) == 4 * 5 and chosen["log_loss"] == min(r["log_loss"] for r in grid) or not retrieves
+        assert len(grid) == 4 * 5  # 2 k x 2 tau x 5 beta
+        if retrieves:  # gold votes: the chosen setting is the best one, not just within the tolerance
+            assert chosen["log_loss"] == min(r["log_loss"] for r in grid)
     # a tie within the tolerance goes to the student's own prediction
     chosen, _ = cv_select(p, {("teacher", 1, 0.1): p.copy()}, y)
     assert chosen["beta"] == 1.0
