@@ -33,6 +33,9 @@ class GenerationBench:
     rows: int = arg(16, help="sequences generated per measurement")
     max_new_tokens: int = arg(32, help="new tokens per sequence (forced)")
     repeats: int = arg(2, help="alternating repeats; the best of each side is reported")
+    batch1_rows: int = arg(0, help="rows for the batch-1 measurement (0 = --rows): its rate does not depend on how "
+                                   "many rows, and at batch 1 every row costs a full pass per token")
+    raw: bool = arg(True, help="also time raw model.generate (the overhead column); --raw false halves a sweep")
     name: str = arg("generation", help="results file stem")
 
 
@@ -57,6 +60,10 @@ def _soft(gen: SoftPromptGenerator, conds: list[str], bs: int, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def _num(v, fmt: str = ".1f", unit: str = "") -> str:
+    return "–" if v is None else f"{v:{fmt}}{unit}"
+
+
 @torch.no_grad()
 def main(argv=None) -> None:
     setup_logging()
@@ -67,16 +74,19 @@ def main(argv=None) -> None:
     conds = [condition(task, i % task.num_labels) for i in range(cfg.rows)]
     results = []
     for bs in cfg.batch_sizes:
+        rows = conds[:cfg.batch1_rows] if bs == 1 and cfg.batch1_rows else conds
         raw, soft = [], []
         for _ in range(cfg.repeats):
-            raw.append(_raw(gen, conds, bs, cfg.max_new_tokens))
-            soft.append(_soft(gen, conds, bs, cfg.max_new_tokens))
-        tokens = cfg.rows * cfg.max_new_tokens
-        row = {"batch_size": bs, "tokens": tokens, "raw_tok_s": tokens / min(raw), "soft_tok_s": tokens / min(soft)}
-        row["overhead_pct"] = 100 * (row["raw_tok_s"] / row["soft_tok_s"] - 1)
+            if cfg.raw:
+                raw.append(_raw(gen, rows, bs, cfg.max_new_tokens))
+            soft.append(_soft(gen, rows, bs, cfg.max_new_tokens))
+        tokens = len(rows) * cfg.max_new_tokens
+        row = {"batch_size": bs, "tokens": tokens, "raw_tok_s": tokens / min(raw) if raw else None,
+               "soft_tok_s": tokens / min(soft)}
+        row["overhead_pct"] = 100 * (row["raw_tok_s"] / row["soft_tok_s"] - 1) if raw else None
         results.append(row)
-        print(f"batch {bs}: raw {row['raw_tok_s']:.1f} tok/s, soft prompt {row['soft_tok_s']:.1f} tok/s, "
-              f"overhead {row['overhead_pct']:+.1f}%", flush=True)
+        print(f"batch {bs}: soft prompt {row['soft_tok_s']:.1f} tok/s"
+              + (f", raw {row['raw_tok_s']:.1f} tok/s, overhead {row['overhead_pct']:+.1f}%" if raw else ""), flush=True)
     b1 = next((r for r in results if r["batch_size"] == 1), None)
     for r in results:
         r["speedup_vs_batch1"] = r["soft_tok_s"] / b1["soft_tok_s"] if b1 else None
@@ -86,10 +96,14 @@ def main(argv=None) -> None:
              f"{torch.get_num_threads()} threads", "",
              "| batch | raw generate tok/s | soft-prompt generator tok/s | overhead | soft speed-up vs batch 1 |",
              "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['batch_size']} | {r['raw_tok_s']:.1f} | {r['soft_tok_s']:.1f} | {r['overhead_pct']:+.1f}% | "
+    lines += [f"| {r['batch_size']} | {_num(r['raw_tok_s'])} | {r['soft_tok_s']:.1f} | {_num(r['overhead_pct'], '+.1f', '%')} | "
               + (f"{r['speedup_vs_batch1']:.2f}x |" if r["speedup_vs_batch1"] is not None else "n/a |")
               for r in results]
-    lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.generation --model {cfg.model}`"]
+    lines += ["", f"Peak RSS {out['peak_rss_gib']:.2f} GiB. Commit `{out['git_commit']}`. Regenerate: "
+              f"`OMP_NUM_THREADS={torch.get_num_threads()} python -m benchmarks.generation --model {cfg.model} "
+              f"--batch-sizes {' '.join(map(str, cfg.batch_sizes))} --rows {cfg.rows} --max-new-tokens "
+              f"{cfg.max_new_tokens} --batch1-rows {cfg.batch1_rows} --repeats {cfg.repeats}"
+              + ("" if cfg.raw else " --raw false") + f" --name {cfg.name}`"]
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
 
 

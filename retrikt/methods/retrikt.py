@@ -27,6 +27,10 @@ class Config(kd.Config):
     retrieval_k: int = arg(8, help="retrikt: neighbours retrieved per input (re-chosen on held-out k-shot data)")
     retrieval_beta: float = arg(0.5, help="retrikt: weight of the student's own prediction in the mixture")
     retrieval_tau: float = arg(0.1, help="retrikt: softmax temperature over neighbour similarities")
+    retrieval_keys: str = arg("store", help="retrikt: key space of retrieval: store (the store embedder's keys, the "
+                                            "student's query projected into them) | student (the trained student's "
+                                            "own embeddings of the store's texts) | auto (chosen by the CV)",
+                              choices=["store", "student", "auto"])
     rel_weight: float = arg(1.0, help="retrikt: weight of the relational loss")
     rel_tau: float = arg(0.1, help="retrikt: temperature of the relational loss' similarity distributions")
     select_settings: bool = arg(True, help="retrikt: choose k, beta, tau on the k-shot set (never on validation)")
@@ -82,6 +86,7 @@ def _memory(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarra
 def _settings(cfg: Config):
     from retrikt.student.retrieval import RetrievalSettings
     return RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau,
+                             keys="store" if cfg.retrieval_keys == "auto" else cfg.retrieval_keys,
                              rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
 
 
@@ -90,6 +95,7 @@ def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndar
     log-loss over all of them. Returns the selection record (chosen setting, β curve, every setting's loss)."""
     from retrikt.student.retrieval import beta_curve, cv_select, folds_of, retrieval_votes
     grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
+    grid_keys = ("store", "student") if cfg.retrieval_keys == "auto" else (cfg.retrieval_keys,)
     p_all, ret_all, y = [], {}, []
     folds = [held for held in folds_of(len(examples), min(cfg.cv_folds, len(examples)), seed) if held]
     for held in folds:
@@ -97,7 +103,7 @@ def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndar
         part = [dict(examples[i]) for i in rows]
         model, _, _, _ = _fit(cfg, task, store, part, emb[rows], settings, seed)
         dev = [examples[i] for i in held]
-        p, ret = retrieval_votes(model, dev, grid_labels)
+        p, ret = retrieval_votes(model, dev, grid_labels, grid_keys=grid_keys)
         p_all.append(p)
         y += [e["label"] for e in dev]
         for key, r in ret.items():
@@ -132,7 +138,7 @@ def train(cfg: Config, task, examples: list[dict], seed: int):
         select = _cross_validate if cfg.cv_folds >= 2 and len(copies) >= 2 else _holdout_select
         chosen = select(cfg, task, full_store, copies, emb, settings, seed)
     settings.labels = chosen.get("labels", "conditioned" if cfg.retrieval_labels == "conditioned" else "teacher")
-    for key in ("k", "beta", "tau"):
+    for key in ("k", "beta", "tau", "keys"):
         if key in chosen:
             setattr(settings, key, chosen[key])
     # k, beta and tau only act at inference, so the final student learns from every labelled example

@@ -42,6 +42,10 @@ class RetrievalSettings:
                                       "conditioned (one-hot of the label its generation was conditioned on); "
                                       "chosen on the held-out examples with k, beta and tau",
                       choices=["teacher", "conditioned"])
+    keys: str = arg("store", help="the key space retrieval searches: store (the store's embedder, the student's "
+                                  "query projected into it) | student (the trained student's own pooled embeddings "
+                                  "of the store's texts: task-aware keys, no projection)",
+                    choices=["store", "student"])
 
 
 def store_examples(store, ids=None) -> list[dict]:
@@ -78,6 +82,15 @@ class RetrievalStudent(nn.Module):
         self.teacher_probs = np.array([e.get("soft_label") or _onehot(e, self.task.num_labels) for e in entries],
                                       dtype=np.float32)
         self.conditioned_probs = np.array([_onehot(e, self.task.num_labels) for e in entries], dtype=np.float32)
+        self.student_keys: np.ndarray | None = None  # set by rekey(): the store's texts in the student's own space
+
+    @torch.no_grad()
+    def rekey(self, batch_size: int = 64) -> None:
+        """Embed every memory entry with the trained student (keys = student): a space shaped by the task's labels,
+        where the store embedder's is not. Deterministic given the weights, so a reloaded student recomputes it."""
+        entries = self.store.entries(list(range(len(self.store))))
+        texts = [dict(e["fields"]) for e in entries]
+        self.student_keys = self.base.encode(texts, batch_size) if texts else np.zeros((0, 1), np.float32)
 
     def tokenize(self, examples):
         return self.base.tokenize(examples)
@@ -96,21 +109,34 @@ class RetrievalStudent(nn.Module):
         return beta * p_student + (1 - beta) * p_ret
 
     @torch.no_grad()
-    def _student_and_neighbours(self, examples, k: int, batch_size: int = 32):
+    def _student_and_neighbours(self, examples, k: int, batch_size: int = 32, keys: str | None = None):
+        """The student's probabilities and the top-k neighbours' (scores, ids) in key space ``keys`` (default: the
+        settings')."""
         self.eval()
+        keys = keys or self.settings.keys
         probs, queries = [], []
         for i in range(0, len(examples), batch_size):
             # one encoder pass serves both the student's own prediction and the retrieval query
             emb = self.base.embed(self.tokenize(examples[i:i + batch_size]))
             probs.append(self.base.head(emb).softmax(-1).float().cpu())
-            queries.append(F.normalize(self.proj(emb), dim=-1).float().cpu())
+            queries.append(F.normalize(emb if keys == "student" else self.proj(emb), dim=-1).float().cpu())
         q = torch.cat(queries).numpy()
-        scores, ids = self.store.search(q, k)
+        scores, ids = self._search(q, k, keys)
         return torch.cat(probs).numpy(), np.asarray(scores), np.asarray(ids)
+
+    def _search(self, q: np.ndarray, k: int, keys: str):
+        if keys != "student":
+            return self.store.search(q, k)
+        if self.student_keys is None:
+            self.rekey()
+        k = min(k, len(self.student_keys))
+        sims = q @ self.student_keys.T  # exact: a store is thousands of rows, the student's space is 384-d
+        ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(sims, ids, 1), ids
 
     def predict_proba(self, examples: list[dict], batch_size: int = 32) -> np.ndarray:
         s = self.settings
-        p, scores, ids = self._student_and_neighbours(examples, s.k, batch_size)
+        p, scores, ids = self._student_and_neighbours(examples, s.k, batch_size, s.keys)
         if not self.use_retrieval or s.beta >= 1.0:
             return p
         return self.mix(p, scores, ids, s.k, s.beta, s.tau, s.labels)
@@ -268,13 +294,16 @@ GRID_K, GRID_BETA, GRID_TAU = (1, 4, 8, 16), (0.0, 0.25, 0.5, 0.75, 1.0), (0.05,
 
 
 def retrieval_votes(model: RetrievalStudent, examples: list[dict], grid_labels=("teacher",), grid_k=GRID_K,
-                    grid_tau=GRID_TAU) -> tuple[np.ndarray, dict]:
+                    grid_tau=GRID_TAU, grid_keys=("store",)) -> tuple[np.ndarray, dict]:
     """The student's own probabilities [n, C] on ``examples`` and the retrieval half of the mixture for every
-    (labels, k, τ) of the grid: what :func:`cv_select` needs from one fold's model, whose memory may be its own."""
-    p, scores, ids = model._student_and_neighbours(examples, max(grid_k))
+    (labels, k, τ, keys) of the grid: what :func:`cv_select` needs from one fold's model, whose memory may be its
+    own."""
     votes = {"teacher": model.teacher_probs, "conditioned": model.conditioned_probs}
-    ret = {(name, k, tau): neighbour_vote(scores, ids, votes[name], min(k, ids.shape[1]), tau)
-           for name, k, tau in itertools.product(grid_labels, grid_k, grid_tau)}
+    ret = {}
+    for keys in grid_keys:
+        p, scores, ids = model._student_and_neighbours(examples, max(grid_k), keys=keys)
+        for name, k, tau in itertools.product(grid_labels, grid_k, grid_tau):
+            ret[(name, k, tau, keys)] = neighbour_vote(scores, ids, votes[name], min(k, ids.shape[1]), tau)
     return p, ret
 
 
@@ -286,11 +315,11 @@ def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float 
     largest k and τ: the smoothest vote), so retrieval is used only where it measurably helps."""
     y = np.asarray(labels, dtype=int)
     rows = []
-    for (name, k, tau), r in ret.items():
+    for (name, k, tau, keys), r in ret.items():
         for beta in grid_beta:
             mix = beta * p + (1 - beta) * r
             ll = float(-np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0)).mean())
-            rows.append({"labels": name, "k": k, "beta": beta, "tau": tau, "log_loss": ll})
+            rows.append({"labels": name, "k": k, "beta": beta, "tau": tau, "keys": keys, "log_loss": ll})
     best = min(r["log_loss"] for r in rows)
     chosen = max((r for r in rows if r["log_loss"] <= best + tol), key=lambda r: (r["beta"], r["k"], r["tau"]))
     return dict(chosen), rows

@@ -117,6 +117,30 @@ def test_saved_student_refuses_a_store_whose_manifest_differs(tmp_path, monkeypa
         load_retrieval_student(tmp_path / "student", get_task("sst2"), base="x", store_path=str(other.folder))
 
 
+def test_student_keys_are_the_trained_students_embeddings_of_the_store_texts_and_survive_a_reload(tmp_path,
+                                                                                                 monkeypatch):
+    from retrikt.store import Store
+    store = Store.open(_tiny_store(tmp_path / "store"))
+    model = _student(store, keys="student", k=3, beta=0.0)
+    texts = [{"sentence": e["fields"]["sentence"]} for e in store.entries(range(len(store)))]
+    _, scores, ids = model._student_and_neighbours(texts, 1)
+    # each store text, queried in the student's own space, finds itself (or an identical twin) at cosine 1
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    np.testing.assert_allclose(model.student_keys, model.base.encode(texts), atol=1e-6)
+    same_text = [texts[int(i)]["sentence"] == t["sentence"] for i, t in zip(ids[:, 0], texts)]
+    assert all(same_text)
+    # the store-key search differs: the projection maps into the store embedder's space, not the student's
+    _, _, store_ids = model._student_and_neighbours(texts, 3, keys="store")
+    assert store_ids.shape == ids.shape[:1] + (3,)
+    p = model.predict_proba(EX)
+    model.save(tmp_path / "student", meta={"base": "x"})
+    import retrikt.student.encoder as enc
+    monkeypatch.setattr(enc, "load_student", lambda folder, task, base=None, device=None: model.base)
+    again = load_retrieval_student(tmp_path / "student", get_task("sst2"), base="x")
+    assert again.settings.keys == "student" and again.student_keys is None  # recomputed from the weights on use
+    np.testing.assert_allclose(again.predict_proba(EX), p, atol=1e-6)
+
+
 def _tiny_store(folder, texts=("good movie", "great film", "bad movie", "terrible film", "a good dog", "a bad cat") * 2,
                 **meta):
     """A store in the key space of the tiny-encoder embedder, with texts the tiny tokenizer knows; ``meta`` adds to
@@ -135,7 +159,8 @@ def _tiny_store(folder, texts=("good movie", "great film", "bad movie", "terribl
 
 
 @pytest.mark.parametrize("flags", [{}, {"no_relational": True}, {"no_retrieval": True}, {"retrieve_from": "kshot"},
-                                   {"retrieve_from": "both"}, {"cv_folds": 0}, {"gold_share": 0.0}])
+                                   {"retrieve_from": "both"}, {"cv_folds": 0}, {"gold_share": 0.0},
+                                   {"retrieval_keys": "student"}, {"retrieval_keys": "auto"}])
 def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, flags):
     import dataclasses
 
@@ -156,6 +181,10 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
     assert "nbr_ids" not in train[0]
     if flags.get("no_retrieval"):
         np.testing.assert_array_equal(p, model.base.predict_proba(EX))
+    if "retrieval_keys" in flags:  # the CV scored both key spaces when auto, and the final student searches its choice
+        keys = {r["keys"] for r in extra["selection"]["grid"]}
+        assert keys == ({"store", "student"} if flags["retrieval_keys"] == "auto" else {"student"})
+        assert model.settings.keys == extra["selection"]["keys"] == extra["retrieval"]["keys"]
     assert extra["refit"] is True
     if flags.get("retrieve_from") == "kshot":  # the final student retrieves among all 8 k-shot examples
         assert len(model.store) == 8
@@ -218,14 +247,14 @@ def test_cv_selection_keeps_the_student_when_retrieval_adds_nothing_and_retrieve
     noise = np.eye(2)[rng.integers(0, 2, 200)] * 0.8 + 0.1
     gold = np.eye(2)[y] * 0.8 + 0.1
     for name, votes, retrieves in (("random", noise, False), ("gold", gold, True)):
-        ret = {("teacher", k, tau): votes for k in (1, 8) for tau in (0.1, 0.5)}
+        ret = {("teacher", k, tau, "store"): votes for k in (1, 8) for tau in (0.1, 0.5)}
         chosen, grid = cv_select(p, ret, y)
         assert (chosen["beta"] < 1) is retrieves, name
         assert len(grid) == 4 * 5  # 2 k x 2 tau x 5 beta
         if retrieves:  # gold votes: the chosen setting is the best one, not just within the tolerance
             assert chosen["log_loss"] == min(r["log_loss"] for r in grid)
     # a tie within the tolerance goes to the student's own prediction
-    chosen, _ = cv_select(p, {("teacher", 1, 0.1): p.copy()}, y)
+    chosen, _ = cv_select(p, {("teacher", 1, 0.1, "store"): p.copy()}, y)
     assert chosen["beta"] == 1.0
 
 
