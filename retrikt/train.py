@@ -19,6 +19,7 @@ from pathlib import Path
 from retrikt.config import parse_config
 from retrikt.dist import configure_logging, process_state
 from retrikt.eval import evaluate, markdown_table, save_result, summarise
+from retrikt.eval.harness import evaluate_variants
 from retrikt.io import RetriktError, run_metadata
 from retrikt.methods import TrainConfig, check_combination, run_label, run_method
 from retrikt.tasks import get_task, load_split, sample_few_shot
@@ -62,6 +63,9 @@ def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict | None:
     if not process_state().is_main_process:
         return None
     res = evaluate(student, task, cfg.eval_split, data_dir=cfg.data_dir, limit=cfg.eval_limit or None)
+    if hasattr(student, "variant_settings") and student.variant_settings():
+        split = load_split(task, cfg.eval_split, data_dir=cfg.data_dir)[:cfg.eval_limit or None]
+        res["variants"] = evaluate_variants(student, task, split)
     # a combination is its own row, method+init; "init" records which initialiser (its facts are under its name)
     init = {"init": cfg.init} if cfg.init != "none" else {}
     record = {"method": run_label(cfg), **init, "tag": extra.pop("tag", ""),

@@ -46,3 +46,23 @@ def evaluate(student, task, split: str = "validation", examples: list[dict] | No
                          "probs": None if task.is_regression else [round(float(x), 5) for x in pr]}
                         for e, p, pr in zip(labelled, preds, probs)],
     }
+
+
+def evaluate_variants(student, task, examples: list[dict]) -> dict:
+    """Scores of ``student``'s other settings (``variant_settings()``: ablations of one trained retrieval student)
+    on ``examples`` (those its chosen setting was scored on): {name: {settings, main, metrics}}. For the record,
+    never to choose."""
+    variants = student.variant_settings() if hasattr(student, "variant_settings") else {}
+    out = {}
+    chosen = dict(student.settings.__dict__) if variants else {}
+    labelled = [e for e in examples if e.get("label") is not None]
+    for name, settings in variants.items():
+        student.settings.__dict__.update(settings)
+        try:
+            probs = np.asarray(student.predict_proba(labelled))
+        finally:
+            student.settings.__dict__.update(chosen)
+        metrics = compute_metrics(task, [e["label"] for e in labelled], probs.argmax(-1).tolist(), examples=labelled)
+        out[name] = {"settings": settings, "main": metrics["main"], "metrics": metrics}
+        logger.info("%s: %s %.4f", name, task.name, metrics["main"])
+    return out

@@ -125,6 +125,18 @@ def _holdout_select(cfg: Config, task, store, copies: list[dict], emb: np.ndarra
     return choose_settings(model, dev, grid_labels=grid_labels) | {"method": "holdout accuracy"}
 
 
+def _variants(chosen: dict) -> dict[str, dict]:
+    """Ablations one trained student can be scored on, each setting picked by the same CV rule within its slice of
+    the grid: the student alone (β = 1), and the best setting in each key space the CV scored."""
+    from retrikt.student.retrieval import pick_setting
+    out = {"no retrieval at inference": {"beta": 1.0}}
+    grid = chosen.get("grid") or []
+    for keys in sorted({r.get("keys", "store") for r in grid}):
+        rows = [r for r in grid if r.get("keys", "store") == keys]
+        out[f"keys {keys}"] = {k: v for k, v in pick_setting(rows).items() if k != "log_loss"}
+    return out
+
+
 def train(cfg: Config, task, examples: list[dict], seed: int):
     from retrikt.student.retrieval import check_store, open_store, store_embedder, store_keys_of
     settings = _settings(cfg)
@@ -145,6 +157,7 @@ def train(cfg: Config, task, examples: list[dict], seed: int):
     for e in copies:
         e.pop("nbr_ids", None), e.pop("nbr_sims", None)
     model, store, losses, facts = _fit(cfg, task, full_store, copies, emb, settings, seed)
+    model.variants = _variants(chosen)
     return model, {**facts, "store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
                    **provenance, "retrieval": dict(settings.__dict__), "selection": chosen, "refit": True,
                    "steps": len(losses), **final_loss(losses)}

@@ -134,6 +134,11 @@ class RetrievalStudent(nn.Module):
         ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(sims, ids, 1), ids
 
+    def variant_settings(self) -> dict[str, dict]:
+        """Settings to score besides the chosen ones, for the record only (ablations from one trained student):
+        set by the training recipe, never chosen on what they are scored on."""
+        return getattr(self, "variants", {})
+
     def predict_proba(self, examples: list[dict], batch_size: int = 32) -> np.ndarray:
         s = self.settings
         p, scores, ids = self._student_and_neighbours(examples, s.k, batch_size, s.keys)
@@ -320,9 +325,14 @@ def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float 
             mix = beta * p + (1 - beta) * r
             ll = float(-np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0)).mean())
             rows.append({"labels": name, "k": k, "beta": beta, "tau": tau, "keys": keys, "log_loss": ll})
+    return pick_setting(rows, tol), rows
+
+
+def pick_setting(rows: list[dict], tol: float = 0.005) -> dict:
+    """The setting cv_select chooses among ``rows`` (every setting's out-of-fold log-loss): within ``tol`` nats of
+    the best, the largest β, then k, then τ."""
     best = min(r["log_loss"] for r in rows)
-    chosen = max((r for r in rows if r["log_loss"] <= best + tol), key=lambda r: (r["beta"], r["k"], r["tau"]))
-    return dict(chosen), rows
+    return dict(max((r for r in rows if r["log_loss"] <= best + tol), key=lambda r: (r["beta"], r["k"], r["tau"])))
 
 
 def beta_curve(rows: list[dict]) -> dict:

@@ -185,6 +185,15 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
         keys = {r["keys"] for r in extra["selection"]["grid"]}
         assert keys == ({"store", "student"} if flags["retrieval_keys"] == "auto" else {"student"})
         assert model.settings.keys == extra["selection"]["keys"] == extra["retrieval"]["keys"]
+        # the ablations one student is scored on besides its chosen setting, which they leave as it was
+        from retrikt.eval.harness import evaluate_variants
+        from retrikt.tasks import compute_metrics
+        assert set(model.variant_settings()) == {"no retrieval at inference"} | {f"keys {k}" for k in keys}
+        before = dict(model.settings.__dict__)
+        scored = evaluate_variants(model, get_task("sst2"), EX)
+        assert model.settings.__dict__ == before
+        own = compute_metrics(get_task("sst2"), [e["label"] for e in EX], model.base.predict_proba(EX).argmax(1).tolist())
+        assert scored["no retrieval at inference"]["main"] == own["main"]
     assert extra["refit"] is True
     if flags.get("retrieve_from") == "kshot":  # the final student retrieves among all 8 k-shot examples
         assert len(model.store) == 8
