@@ -29,8 +29,11 @@ class Config(kd.Config):
     retrieval_tau: float = arg(0.1, help="retrikt: softmax temperature over neighbour similarities")
     retrieval_keys: str = arg("store", help="retrikt: key space of retrieval: store (the store embedder's keys, the "
                                             "student's query projected into them) | student (the trained student's "
-                                            "own embeddings of the store's texts) | auto (chosen by the CV)",
-                              choices=["store", "student", "auto"])
+                                            "own embeddings of the store's texts) | teacher (the labeller's answer "
+                                            "states: python -m retrikt.keys first) | auto (store or student, by CV)",
+                              choices=["store", "student", "teacher", "auto"])
+    key_align: float = arg(1.0, help="retrikt, --retrieval-keys teacher: weight of the cosine loss pulling the "
+                                     "student's projected query onto its own teacher key")
     rel_weight: float = arg(1.0, help="retrikt: weight of the relational loss")
     rel_tau: float = arg(0.1, help="retrikt: temperature of the relational loss' similarity distributions")
     select_settings: bool = arg(True, help="retrikt: choose k, beta, tau on the k-shot set (never on validation)")
@@ -50,7 +53,12 @@ def _fit(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray, 
     from retrikt.student.retrieval import RetrievalStudent, relational_targets, retrieval_loss
     seed_everything(seed)
     memory, data, q_emb, self_ids = _memory(cfg, task, store, labelled, kshot_emb)
-    nbr_ids, nbr_sims = relational_targets(memory, q_emb, min(cfg.retrieval_k, len(memory) - 1), self_ids)
+    space = memory
+    if settings.keys == "teacher":  # neighbours and their similarities in the teacher's space, own key to align to
+        q_emb, space = _teacher_space(cfg, store, labelled)
+        for e, key in zip(data, q_emb):
+            e["tkey"] = key
+    nbr_ids, nbr_sims = relational_targets(space, q_emb, min(cfg.retrieval_k, len(memory) - 1), self_ids)
     for e, i, s in zip(data, nbr_ids, nbr_sims):
         e["nbr_ids"], e["nbr_sims"] = i, s
     base, facts = kd.start_encoder(cfg, task, labelled, seed, resolve_device(cfg.device))
@@ -83,10 +91,26 @@ def _memory(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarra
     return memory, data, q_emb, [n_store + i for i in range(len(labelled))] + list(range(n_store))
 
 
+def _teacher_space(cfg: Config, store, labelled: list[dict]):
+    """(query keys of the k-shot examples then the store entries, a searchable memory of the entries' teacher
+    keys): what the relational loss matches when the student retrieves by teacher keys."""
+    from retrikt.store.teacher_keys import load_teacher_keys
+    from retrikt.student.retrieval import MemoryStore
+    if cfg.retrieve_from != "store":
+        raise RetriktError("--retrieval-keys teacher keys the store's own entries: use --retrieve-from store")
+    tk = load_teacher_keys(store)
+    missing = [e.get("idx") for e in labelled if e.get("idx") not in tk.kshot]
+    if missing:
+        raise RetriktError(f"{store.folder}: teacher keys hold no key for k-shot examples {missing[:5]}")
+    q = np.concatenate([np.stack([tk.kshot[e["idx"]] for e in labelled]), tk.entries])
+    return q, MemoryStore(tk.entries, store.entries(range(len(store))), {"name": "teacher", "dim": tk.dim})
+
+
 def _settings(cfg: Config):
     from retrikt.student.retrieval import RetrievalSettings
     return RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau,
                              keys="store" if cfg.retrieval_keys == "auto" else cfg.retrieval_keys,
+                             key_align=cfg.key_align,
                              rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
 
 
@@ -155,7 +179,7 @@ def train(cfg: Config, task, examples: list[dict], seed: int):
             setattr(settings, key, chosen[key])
     # k, beta and tau only act at inference, so the final student learns from every labelled example
     for e in copies:
-        e.pop("nbr_ids", None), e.pop("nbr_sims", None)
+        e.pop("nbr_ids", None), e.pop("nbr_sims", None), e.pop("tkey", None)
     model, store, losses, facts = _fit(cfg, task, full_store, copies, emb, settings, seed)
     model.variants = _variants(chosen)
     return model, {**facts, "store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),

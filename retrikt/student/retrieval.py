@@ -44,8 +44,11 @@ class RetrievalSettings:
                       choices=["teacher", "conditioned"])
     keys: str = arg("store", help="the key space retrieval searches: store (the store's embedder, the student's "
                                   "query projected into it) | student (the trained student's own pooled embeddings "
-                                  "of the store's texts: task-aware keys, no projection)",
-                    choices=["store", "student"])
+                                  "of the store's texts: task-aware keys, no projection) | teacher (the labeller's "
+                                  "answer-position states, python -m retrikt.keys; the query projected into them)",
+                    choices=["store", "student", "teacher"])
+    key_align: float = arg(1.0, help="keys = teacher: weight of the cosine loss that pulls the student's projected "
+                                     "query onto each training example's own teacher key")
 
 
 def store_examples(store, ids=None) -> list[dict]:
@@ -70,7 +73,13 @@ class RetrievalStudent(nn.Module):
         super().__init__()
         self.base, self.store, self.settings, self.use_retrieval = base, store, settings, use_retrieval
         self.task = base.task
-        key_dim = int(store.manifest["embedder"]["dim"])
+        self.teacher_keys = None
+        if settings.keys == "teacher":
+            from retrikt.store.teacher_keys import load_teacher_keys
+            if isinstance(store, MemoryStore):
+                raise RetriktError("teacher keys cover the store's own entries: retrieve from the store only")
+            self.teacher_keys = load_teacher_keys(store)
+        key_dim = self.teacher_keys.dim if self.teacher_keys is not None else int(store.manifest["embedder"]["dim"])
         hidden = base.encoder.config.hidden_size
         self.proj = nn.Linear(hidden, key_dim, bias=False).to(base.device)
         if hidden == key_dim:  # same space size: start from the identity, the cheapest correct guess
@@ -124,13 +133,18 @@ class RetrievalStudent(nn.Module):
         scores, ids = self._search(q, k, keys)
         return torch.cat(probs).numpy(), np.asarray(scores), np.asarray(ids)
 
+    def key_matrix(self) -> np.ndarray:
+        """The keys the projected query is trained against (relational loss): the teacher's or the store's."""
+        return self.teacher_keys.entries if self.teacher_keys is not None else self.store.embeddings
+
     def _search(self, q: np.ndarray, k: int, keys: str):
-        if keys != "student":
+        if keys == "store":
             return self.store.search(q, k)
-        if self.student_keys is None:
+        if keys == "student" and self.student_keys is None:
             self.rekey()
-        k = min(k, len(self.student_keys))
-        sims = q @ self.student_keys.T  # exact: a store is thousands of rows, the student's space is 384-d
+        mat = self.student_keys if keys == "student" else self.teacher_keys.entries
+        k = min(k, len(mat))
+        sims = q @ mat.T  # exact: a store is thousands of rows
         ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(sims, ids, 1), ids
 
@@ -271,11 +285,15 @@ def retrieval_loss(model: RetrievalStudent, batch: list[dict], cfg: FitConfig, r
     if rel_weight <= 0 or len(batch[0]["nbr_ids"]) == 0:  # no neighbours to match (a one-entry store)
         return loss
     q = F.normalize(model.proj(emb), dim=-1)
-    keys = torch.as_tensor(model.store.embeddings[np.stack([e["nbr_ids"] for e in batch])], device=q.device)
+    keys = torch.as_tensor(model.key_matrix()[np.stack([e["nbr_ids"] for e in batch])], device=q.device)
     target = torch.as_tensor(np.stack([e["nbr_sims"] for e in batch]), device=q.device)
     student_sims = (q[:, None, :] * keys).sum(-1)
     rel = F.kl_div(F.log_softmax(student_sims / tau, -1), F.softmax(target / tau, -1), reduction="batchmean")
-    return loss + rel_weight * rel
+    loss = loss + rel_weight * rel
+    if model.teacher_keys is not None and model.settings.key_align > 0:  # land the query on its own teacher key
+        own = torch.as_tensor(np.stack([e["tkey"] for e in batch]), device=q.device)
+        loss = loss + model.settings.key_align * (1 - (q * own).sum(-1)).mean()
+    return loss
 
 
 def choose_settings(model: RetrievalStudent, dev: list[dict], grid_k=(1, 4, 8, 16), grid_beta=(0.0, 0.25, 0.5, 0.75, 1.0),

@@ -208,6 +208,29 @@ class LMClassifier(nn.Module):
             out[idx] = scores.softmax(-1).cpu()
         return out.numpy()
 
+    @torch.no_grad()
+    def answer_states(self, examples: list[dict], batch_size: int = 8) -> np.ndarray:
+        """The LM's final hidden state at each example's answer position (what its head turns into the label
+        scores), float32 [n, hidden]: task-aware keys for a store. One forward pass per example, as scoring."""
+        self.eval()
+        if not examples:
+            return np.zeros((0, self.model.config.hidden_size), np.float32)
+        prompts, _ = self._encode(examples)
+        past, captured = self.demo_cache(), []
+        # the head's input is the hidden state (after the final norm) at the positions it is asked for
+        hook = self.model.get_output_embeddings().register_forward_pre_hook(
+            lambda _m, args: captured.append(args[0][:, -1].float().cpu()))
+        out = np.zeros((len(examples), self.model.config.hidden_size), np.float32)
+        try:
+            for idx in progress(length_batches([len(p) for p in prompts], batch_size), desc=f"keys {self.task.name}",
+                                leave=False):
+                captured.clear()
+                self._last_logits([prompts[i] for i in idx], 1, past)
+                out[idx] = captured[-1].numpy()
+        finally:
+            hook.remove()
+        return out
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 

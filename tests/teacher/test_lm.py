@@ -168,3 +168,21 @@ def test_an_example_with_no_room_left_is_refused_not_silently_overlong(lm):
     clf = LMClassifier(model, tok, task, max_length=30)
     with pytest.raises(Exception, match="leaves no room"):
         clf.tokenize([ex])
+
+
+def test_answer_states_are_the_heads_input_at_the_last_prompt_position(lm):
+    """Task-aware keys: the state the head turns into label scores, the same batched (padded) or one by one."""
+    model, tok = lm
+    task = get_task("cb")
+    clf = LMClassifier(model, tok, task)
+    states = clf.answer_states(CB, batch_size=2)
+    assert states.shape == (3, model.config.hidden_size) and states.dtype == np.float32
+    for i, e in enumerate(CB):
+        ids = torch.tensor([tok(task.prompt(e), add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1]
+            logits = model(input_ids=ids).logits[0, -1]
+        np.testing.assert_allclose(states[i], hidden.numpy(), atol=1e-4)
+        # the head applied to the state gives the model's own next-token logits
+        np.testing.assert_allclose(model.get_output_embeddings()(torch.from_numpy(states[i])).detach().numpy(),
+                                   logits.numpy(), atol=1e-3)
