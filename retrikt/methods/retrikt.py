@@ -1,7 +1,7 @@
 """--method retrikt: an encoder student that retrieves teacher-labelled store entries at inference (after ReAugKD).
 
 Training: cross-entropy on the k-shot set, KL to the teacher's soft labels on store entries, and a relational loss on
-each example's store neighbours (retrikt.student.retrieval has the student and the losses), every batch a fixed share
+each example's store neighbours (retrikt.student.retrieval has the student and the losses, retrikt.student.selection the CV), every batch a fixed share
 of k-shot examples. k, β and τ are chosen by cross-validation over the k-shot set (log-loss, ties to the student's
 own prediction), then the final student is trained on all of it.
 """
@@ -117,7 +117,7 @@ def _settings(cfg: Config):
 def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndarray, settings, seed: int) -> dict:
     """k-fold CV over the k-shot set: each fold's model scores the fold it did not see; the grid is scored by
     log-loss over all of them. Returns the selection record (chosen setting, β curve, every setting's loss)."""
-    from retrikt.student.retrieval import beta_curve, cv_select, folds_of, retrieval_votes
+    from retrikt.student.selection import beta_curve, cv_select, folds_of, retrieval_votes
     grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
     grid_keys = ("store", "student") if cfg.retrieval_keys == "auto" else (cfg.retrieval_keys,)
     p_all, ret_all, y = [], {}, []
@@ -139,7 +139,7 @@ def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndar
 
 def _holdout_select(cfg: Config, task, store, copies: list[dict], emb: np.ndarray, settings, seed: int) -> dict:
     """The old rule: accuracy on a quarter of the k-shot set held out (kept for the ablation)."""
-    from retrikt.student.retrieval import choose_settings, split_holdout
+    from retrikt.student.selection import choose_settings, split_holdout
     fit_part, dev = split_holdout(copies, settings.holdout, seed)
     if not dev:
         return {}
@@ -152,7 +152,7 @@ def _holdout_select(cfg: Config, task, store, copies: list[dict], emb: np.ndarra
 def _variants(chosen: dict) -> dict[str, dict]:
     """Ablations one trained student can be scored on, each setting picked by the same CV rule within its slice of
     the grid: the student alone (β = 1), and the best setting in each key space the CV scored."""
-    from retrikt.student.retrieval import pick_setting
+    from retrikt.student.selection import pick_setting
     out = {"no retrieval at inference": {"beta": 1.0}}
     grid = chosen.get("grid") or []
     for keys in sorted({r.get("keys", "store") for r in grid}):

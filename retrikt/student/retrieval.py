@@ -8,10 +8,8 @@ The training recipes (``--method retrikt`` and the ``kd`` baseline) are retrikt/
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,87 +292,6 @@ def retrieval_loss(model: RetrievalStudent, batch: list[dict], cfg: FitConfig, r
         own = torch.as_tensor(np.stack([e["tkey"] for e in batch]), device=q.device)
         loss = loss + model.settings.key_align * (1 - (q * own).sum(-1)).mean()
     return loss
-
-
-def choose_settings(model: RetrievalStudent, dev: list[dict], grid_k=(1, 4, 8, 16), grid_beta=(0.0, 0.25, 0.5, 0.75, 1.0),
-                    grid_tau=(0.05, 0.1, 0.5), grid_labels=("teacher",)) -> dict:
-    """Pick k, β, τ maximising the main metric on held-out k-shot examples (never the validation split)."""
-    from retrikt.tasks import compute_metrics
-    if not dev:
-        return {}
-    p, scores, ids = model._student_and_neighbours(dev, max(grid_k))
-    labels = [e["label"] for e in dev]
-    best, best_score = {}, -np.inf
-    for votes, k, beta, tau in itertools.product(grid_labels, grid_k, grid_beta, grid_tau):
-        pred = model.mix(p, scores, ids, min(k, ids.shape[1]), beta, tau, votes).argmax(1)
-        score = compute_metrics(model.task, labels, pred.tolist())["main"]
-        if score > best_score + 1e-9:  # ties keep the earlier (teacher labels, smaller k, more retrieval) setting
-            best, best_score = {"labels": votes, "k": k, "beta": beta, "tau": tau}, score
-    return best | {"dev_main": best_score, "dev_n": len(dev)}
-
-
-GRID_K, GRID_BETA, GRID_TAU = (1, 4, 8, 16), (0.0, 0.25, 0.5, 0.75, 1.0), (0.05, 0.1, 0.5)
-
-
-def retrieval_votes(model: RetrievalStudent, examples: list[dict], grid_labels=("teacher",), grid_k=GRID_K,
-                    grid_tau=GRID_TAU, grid_keys=("store",)) -> tuple[np.ndarray, dict]:
-    """The student's own probabilities [n, C] on ``examples`` and the retrieval half of the mixture for every
-    (labels, k, τ, keys) of the grid: what :func:`cv_select` needs from one fold's model, whose memory may be its
-    own."""
-    votes = {"teacher": model.teacher_probs, "conditioned": model.conditioned_probs}
-    ret = {}
-    for keys in grid_keys:
-        p, scores, ids = model._student_and_neighbours(examples, max(grid_k), keys=keys)
-        for name, k, tau in itertools.product(grid_labels, grid_k, grid_tau):
-            ret[(name, k, tau, keys)] = neighbour_vote(scores, ids, votes[name], min(k, ids.shape[1]), tau)
-    return p, ret
-
-
-def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float = 0.005) -> tuple[dict, list[dict]]:
-    """(chosen setting, every setting's log-loss) over out-of-fold predictions of the k-shot set.
-
-    Log-loss, not accuracy: on 8 held-out examples accuracy moves in 12.5-point steps and ties are the rule. Among
-    the settings within ``tol`` nats of the best, the one that trusts the student most wins (largest β, then the
-    largest k and τ: the smoothest vote), so retrieval is used only where it measurably helps."""
-    y = np.asarray(labels, dtype=int)
-    rows = []
-    for (name, k, tau, keys), r in ret.items():
-        for beta in grid_beta:
-            mix = beta * p + (1 - beta) * r
-            ll = float(-np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0)).mean())
-            rows.append({"labels": name, "k": k, "beta": beta, "tau": tau, "keys": keys, "log_loss": ll})
-    return pick_setting(rows, tol), rows
-
-
-def pick_setting(rows: list[dict], tol: float = 0.005) -> dict:
-    """The setting cv_select chooses among ``rows`` (every setting's out-of-fold log-loss): within ``tol`` nats of
-    the best, the largest β, then k, then τ."""
-    best = min(r["log_loss"] for r in rows)
-    return dict(max((r for r in rows if r["log_loss"] <= best + tol), key=lambda r: (r["beta"], r["k"], r["tau"])))
-
-
-def beta_curve(rows: list[dict]) -> dict:
-    """The best out-of-fold log-loss at each β (what the selection traded off), for the run's record."""
-    out: dict[float, float] = {}
-    for r in rows:
-        out[r["beta"]] = min(out.get(r["beta"], np.inf), r["log_loss"])
-    return {str(b): round(v, 5) for b, v in sorted(out.items())}
-
-
-def folds_of(n: int, k: int, seed: int) -> list[list[int]]:
-    """``k`` disjoint folds covering ``range(n)``, in a seeded order."""
-    idx = list(range(n))
-    random.Random(seed).shuffle(idx)
-    return [idx[f::k] for f in range(k)]
-
-
-def split_holdout(train: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
-    if share <= 0 or len(train) < 8:
-        return train, []
-    idx = list(range(len(train)))
-    random.Random(seed).shuffle(idx)
-    n_dev = max(1, int(round(share * len(train))))
-    return [train[i] for i in idx[n_dev:]], [train[i] for i in idx[:n_dev]]
 
 
 def load_retrieval_student(folder: str | Path, task, base: str, store_path: str | None = None):

@@ -45,7 +45,7 @@ def test_mixture_equals_hand_computed():
 
 
 def test_label_source_is_chosen_on_held_out_examples_when_auto():
-    from retrikt.student.retrieval import choose_settings
+    from retrikt.student.selection import choose_settings
     store = _memory_store(n=6)
     model = _student(store)
     # teacher soft labels that always contradict the conditioned (here: correct) label
@@ -249,7 +249,7 @@ def test_a_store_without_its_kshot_set_is_accepted_with_a_warning(tmp_path, capl
 def test_cv_selection_keeps_the_student_when_retrieval_adds_nothing_and_retrieves_when_it_knows():
     """Synthetic out-of-fold predictions: a student that is 70% right, and a retrieval half that either votes with
     random labels (a store that carries nothing) or with the inputs' gold labels (a store that holds them)."""
-    from retrikt.student.retrieval import cv_select
+    from retrikt.student.selection import cv_select
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
     p = np.where(np.eye(2)[y] > 0, 0.7, 0.3)
