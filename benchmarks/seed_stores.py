@@ -1,0 +1,145 @@
+"""Per-seed stores and the students on them: one table per task, every row 32-shot (each seed's own store).
+
+    python -m benchmarks.seed_stores --task sst2 --seeds 1 2 3 --stores STORES --runs RUNS \\
+        --baselines benchmarks/results/compare/runs --teachers benchmarks/results/teachers/runs
+
+``RUNS/<task>-s<seed>/<row>/`` holds ``retrikt.train --out`` folders (rows: kd, retrikt, retrikt-teacher-keys,
+kd-oracle); ``STORES/<task>-qwen-0.5b-s<seed>`` the generated stores (``-oracle``: the oracle reference). The
+fine-tune and teacher rows come from the committed grid / teacher runs of the same seeds. A retrikt run's ablations
+(``variants``: no retrieval at inference, the CV's best setting per key space) are scored on the same student.
+Writes benchmarks/results/seed_stores_<task>.{json,md}.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrikt.config import arg, parse_config
+from retrikt.eval import load_results
+from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
+
+from benchmarks.common import RESULTS
+
+ROWS = (("finetune", "MiniLM fine-tune (32 gold)"), ("kd", "kd"), ("retrikt", "retrikt, store keys / auto"),
+        ("retrikt-teacher-keys", "retrikt, teacher keys"), ("kd-oracle", "kd on the oracle store"),
+        ("teacher-lora", "teacher: adapted qwen-0.5b (the labeller)"))
+
+
+@dataclass
+class SeedStoresBench:
+    task: str = arg("sst2", help="task")
+    seeds: list[int] = arg([1, 2, 3], help="seeds")
+    stores: str = arg("stores", help="folder holding <task>-qwen-0.5b-s<seed>[-oracle]")
+    runs: str = arg("runs", help="folder holding <task>-s<seed>/<row>/ results folders")
+    baselines: str = arg("benchmarks/results/compare/runs", help="grid runs with the fine-tune rows")
+    teachers: str = arg("benchmarks/results/teachers/runs", help="runs with the adapted teacher rows")
+    note: str = arg("", help="a line under the table (how the runs were made)")
+
+
+def _find(folder: Path, task: str, method: str, seed: int) -> dict | None:
+    if not folder.is_dir():
+        return None
+    for r in load_results(folder):
+        if r["task"] == task and r["method"] == method and r["seed"] == seed:
+            return r
+    return None
+
+
+def _run(cfg: SeedStoresBench, row: str, seed: int) -> dict | None:
+    if row == "finetune":
+        return _find(Path(cfg.baselines), cfg.task, "finetune", seed)
+    if row == "teacher-lora":
+        return _find(Path(cfg.teachers), cfg.task, "teacher-lora", seed)
+    method = "kd" if row.startswith("kd") else "retrikt"
+    return _find(Path(cfg.runs) / f"{cfg.task}-s{seed}" / row, cfg.task, method, seed)
+
+
+def _store_stats(path: Path) -> dict | None:
+    mpath = path / "manifest.json"
+    if not mpath.exists():
+        return None
+    m = json.loads(mpath.read_text())
+    s, secs = m.get("stats", {}), m.get("build_seconds") or 0
+    return {"entries": m["counts"]["entries"], "generated": s.get("generated"), "keep_rate": s.get("keep_rate"),
+            "unfinished": s.get("unfinished"), "label_words": s.get("label_words"), "disagree": s.get("disagree"),
+            "per_label": m["counts"].get("per_label"), "build_minutes": secs / 60,
+            "entries_per_hour": m["counts"]["entries"] / (secs / 3600) if secs else None,
+            "tokens_per_s": s.get("tokens_per_s")}
+
+
+def _one_class(r: dict) -> float:
+    preds = Counter(p["pred"] for p in r.get("predictions") or [])
+    return max(preds.values()) / sum(preds.values()) if preds else float("nan")
+
+
+def _fmt(vals: list[float]) -> str:
+    if not vals:
+        return "–"
+    v = np.array(vals) * 100
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+
+
+def main(argv=None) -> None:
+    cfg = parse_config(SeedStoresBench, argv, description=__doc__)
+    runs = {(row, s): _run(cfg, row, s) for row, _ in ROWS for s in cfg.seeds}
+    stores = {s: _store_stats(Path(cfg.stores) / f"{cfg.task}-qwen-0.5b-s{s}") for s in cfg.seeds}
+    oracles = {s: _store_stats(Path(cfg.stores) / f"{cfg.task}-qwen-0.5b-s{s}-oracle") for s in cfg.seeds}
+    lines = [f"# {cfg.task}: per-seed stores and the students on them", "",
+             "Every row saw only its seed's 32 labelled examples (the store, its prompt, its labeller: that seed's). "
+             "Validation set, whole.", "",
+             "| row | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " | mean ± std |",
+             "|---|" + "---:|" * (len(cfg.seeds) + 1)]
+    for row, label in ROWS:
+        vals = [runs[row, s]["main"] if runs[row, s] else None for s in cfg.seeds]
+        cells = [f"{v * 100:.1f}" if v is not None else "–" for v in vals]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt([v for v in vals if v is not None])} |")
+    lines += ["", "Ablations of each retrikt student (scored on the same trained student; settings picked by the same "
+              "CV rule within each slice, never on validation):", "",
+              "| run | variant | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " | mean ± std |",
+              "|---|---|" + "---:|" * (len(cfg.seeds) + 1)]
+    for row in ("retrikt", "retrikt-teacher-keys"):
+        names = sorted({n for s in cfg.seeds if runs[row, s] for n in runs[row, s].get("variants", {})})
+        for name in names:
+            vals = [runs[row, s]["variants"][name]["main"] if runs[row, s] and name in runs[row, s].get("variants", {})
+                    else None for s in cfg.seeds]
+            lines.append(f"| {row} | {name} | " + " | ".join(f"{v * 100:.1f}" if v is not None else "–" for v in vals)
+                         + f" | {_fmt([v for v in vals if v is not None])} |")
+    lines += ["", "Chosen settings and the largest one-class share of the predictions:", ""]
+    for row in ("retrikt", "retrikt-teacher-keys"):
+        for s in cfg.seeds:
+            r = runs[row, s]
+            if r:
+                sel = r.get("selection", {})
+                lines.append(f"- {row} seed {s}: keys {sel.get('keys', 'store')}, k {sel.get('k')}, β {sel.get('beta')}, "
+                             f"τ {sel.get('tau')}, CV log-loss by β {sel.get('beta_curve')}; one class "
+                             f"{_one_class(r):.0%}; {r.get('examples_per_s', 0):.0f} examples/s")
+    lines += ["", "| store | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " |", "|---|" + "---|" * len(cfg.seeds)]
+    for key in ("generated", "entries", "keep_rate", "unfinished", "label_words", "disagree", "per_label",
+                "build_minutes", "entries_per_hour", "tokens_per_s"):
+        cells = [_cell(stores[s], key) for s in cfg.seeds]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines.append("| oracle entries | " + " | ".join(_cell(oracles[s], "entries") for s in cfg.seeds) + " |")
+    if cfg.note:
+        lines += ["", cfg.note]
+    out = run_metadata(cfg) | {"runs": {f"{row} s{s}": {k: v for k, v in (r or {}).items() if k != "predictions"}
+                                        for (row, s), r in runs.items()},
+                               "stores": {str(s): v for s, v in stores.items()},
+                               "oracles": {str(s): v for s, v in oracles.items()}}
+    atomic_write_json(RESULTS / f"seed_stores_{cfg.task}.json", out)
+    atomic_write_text(RESULTS / f"seed_stores_{cfg.task}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _cell(stats: dict | None, key: str) -> str:
+    if not stats or stats.get(key) is None:
+        return "–"
+    v = stats[key]
+    return f"{v:.2f}" if isinstance(v, float) and v < 10 else (f"{v:.0f}" if isinstance(v, float) else str(v))
+
+
+if __name__ == "__main__":
+    main()
