@@ -42,6 +42,8 @@ class BuildConfig(AdaptConfig):
                                             "as label_words either way")
     min_agreement: float = arg(0.5, help="keep a sample only when the labeller's argmax is its conditioned label with "
                                          "at least this probability; 0 keeps all (counted as disagree either way)")
+    teacher_keys: bool = arg(True, help="after labelling, also write the labeller's answer-position states as a "
+                                        "second key set (teacher_keys.safetensors: --retrieval-keys teacher)")
     shots: int = arg(32, help="k-shot examples the soft prompt is tuned on (same sampling as retrikt.train)")
     seed: int = arg(1, help="seed of the k-shot sample and of generation")
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")

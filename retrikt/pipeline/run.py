@@ -201,6 +201,12 @@ def build_store(cfg: BuildConfig) -> Path:
         state.wait_for_everyone()
         if writer is not None:
             _finish(writer, task, plan, out, cfg, state.num_processes, t0)
+            if cfg.teacher_keys and hasattr(labeller, "answer_states"):
+                from retrikt.pipeline.keys import add_teacher_keys
+                add_teacher_keys(out, classifier=(labeller, kshot))
+            elif cfg.teacher_keys:
+                logger.warning("%s: the labeller (%s) has no hidden states; no teacher keys written", out,
+                               type(labeller).__name__)
     state.wait_for_everyone()
     return out
 

@@ -48,6 +48,10 @@ def test_build_filters_labels_and_records_stats(cfg):
     assert len(e["soft_label"]) == 3 and abs(sum(e["soft_label"]) - 1) < 1e-4
     stats = store.manifest["stats"]
     assert stats["parse_rate"] == pytest.approx(18 / 24) and stats["kept"] == 12
+    # the labeller's answer states, written beside the store for its entries and its k-shot set
+    from retrikt.store.teacher_keys import load_teacher_keys
+    keys = load_teacher_keys(store)
+    assert keys.entries.shape[0] == 12 and sorted(keys.kshot) == sorted(store.manifest["kshot_idx"])
 
 
 @pytest.mark.parametrize("label_mix", ["uniform", "kshot"])
