@@ -134,6 +134,7 @@ def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndar
             ret_all.setdefault(key, []).append(r)
     chosen, grid = cv_select(np.concatenate(p_all), {k: np.concatenate(v) for k, v in ret_all.items()}, y)
     return chosen | {"method": f"{len(folds)}-fold CV, log-loss", "n": len(y), "beta_curve": beta_curve(grid),
+                     "smoothing_curve": beta_curve(grid, smoothing=True),
                      "grid": grid}
 
 
@@ -155,8 +156,8 @@ def _variants(chosen: dict) -> dict[str, dict]:
     from retrikt.student.selection import pick_setting
     out = {"no retrieval at inference": {"beta": 1.0}}
     grid = chosen.get("grid") or []
-    for keys in sorted({r.get("keys", "store") for r in grid}):
-        rows = [r for r in grid if r.get("keys", "store") == keys]
+    for keys in sorted({r.get("keys", "store") for r in grid} - {"none"}):
+        rows = [r for r in grid if r.get("keys", "store") in (keys, "none")]  # "none": the smoothed student
         out[f"keys {keys}"] = {k: v for k, v in pick_setting(rows).items() if k != "log_loss"}
     return out
 

@@ -51,12 +51,15 @@ def retrieval_votes(model: RetrievalStudent, examples: list[dict], grid_labels=(
 def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float = 0.005) -> tuple[dict, list[dict]]:
     """(chosen setting, every setting's log-loss) over out-of-fold predictions of the k-shot set.
 
-    Log-loss, not accuracy: on 8 held-out examples accuracy moves in 12.5-point steps and ties are the rule. Among
-    the settings within ``tol`` nats of the best, the one that trusts the student most wins (largest β, then the
-    largest k and τ: the smoothest vote), so retrieval is used only where it measurably helps."""
+    Log-loss, not accuracy: on 8 held-out examples accuracy moves in 12.5-point steps and ties are the rule. But
+    log-loss also rewards mere smoothing: mixing an overconfident student with any soft vote lowers it without
+    adding information. So the grid holds the student smoothed towards the uniform distribution (labels
+    ``uniform``; its argmax is the student's), and retrieval is chosen only where it beats that by more than ``tol``
+    nats; among such settings the one that trusts the student most wins (largest β, then k, then τ)."""
     y = np.asarray(labels, dtype=int)
     rows = []
-    for (name, k, tau, keys), r in ret.items():
+    uniform = np.full_like(p, 1.0 / p.shape[1])
+    for (name, k, tau, keys), r in list(ret.items()) + [(("uniform", 0, 0.0, "none"), uniform)]:
         for beta in grid_beta:
             mix = beta * p + (1 - beta) * r
             ll = float(-np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0)).mean())
@@ -65,16 +68,24 @@ def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float 
 
 
 def pick_setting(rows: list[dict], tol: float = 0.005) -> dict:
-    """The setting cv_select chooses among ``rows`` (every setting's out-of-fold log-loss): within ``tol`` nats of
-    the best, the largest β, then k, then τ."""
+    """The setting cv_select chooses among ``rows`` (every setting's out-of-fold log-loss): the student alone
+    (β = 1) when it, or the student smoothed towards uniform, is within ``tol`` nats of the best; else, within
+    ``tol`` of the best, the largest β, then k, then τ."""
     best = min(r["log_loss"] for r in rows)
-    return dict(max((r for r in rows if r["log_loss"] <= best + tol), key=lambda r: (r["beta"], r["k"], r["tau"])))
+    near = [r for r in rows if r["log_loss"] <= best + tol]
+    alone = [r for r in rows if r["beta"] >= 1 and r["labels"] != "uniform"]
+    if alone and any(r["beta"] >= 1 or r["labels"] == "uniform" for r in near):
+        return dict(max(alone, key=lambda r: (r["k"], r["tau"])))
+    return dict(max(near, key=lambda r: (r["beta"], r["k"], r["tau"])))
 
 
-def beta_curve(rows: list[dict]) -> dict:
-    """The best out-of-fold log-loss at each β (what the selection traded off), for the run's record."""
+def beta_curve(rows: list[dict], smoothing: bool = False) -> dict:
+    """The best out-of-fold log-loss at each β of the retrieval settings (``smoothing``: of the student smoothed
+    towards uniform instead): what the selection traded off, for the run's record."""
     out: dict[float, float] = {}
     for r in rows:
+        if (r["labels"] == "uniform") != smoothing:
+            continue
         out[r["beta"]] = min(out.get(r["beta"], np.inf), r["log_loss"])
     return {str(b): round(v, 5) for b, v in sorted(out.items())}
 

@@ -63,7 +63,7 @@ def test_a_retrieval_student_trains_and_retrieves_in_the_teacher_key_space(keyed
                       retrieval_keys="teacher")
     train = [dict(e) for e in KSHOT]
     model, extra = run_method(cfg, get_task("sst2"), train, seed=1)
-    assert extra["retrieval"]["keys"] == "teacher" and {r["keys"] for r in extra["selection"]["grid"]} == {"teacher"}
+    assert extra["retrieval"]["keys"] == "teacher" and {r["keys"] for r in extra["selection"]["grid"]} == {"teacher", "none"}
     assert model.proj.out_features == model.teacher_keys.dim
     p = model.predict_proba(EX)
     _, scores, ids = model._student_and_neighbours(EX, 3)

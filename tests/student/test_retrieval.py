@@ -182,7 +182,7 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
     if flags.get("no_retrieval"):
         np.testing.assert_array_equal(p, model.base.predict_proba(EX))
     if "retrieval_keys" in flags:  # the CV scored both key spaces when auto, and the final student searches its choice
-        keys = {r["keys"] for r in extra["selection"]["grid"]}
+        keys = {r["keys"] for r in extra["selection"]["grid"]} - {"none"}  # none: the smoothed student
         assert keys == ({"store", "student"} if flags["retrieval_keys"] == "auto" else {"student"})
         assert model.settings.keys == extra["selection"]["keys"] == extra["retrieval"]["keys"]
         # the ablations one student is scored on besides its chosen setting, which they leave as it was
@@ -259,12 +259,24 @@ def test_cv_selection_keeps_the_student_when_retrieval_adds_nothing_and_retrieve
         ret = {("teacher", k, tau, "store"): votes for k in (1, 8) for tau in (0.1, 0.5)}
         chosen, grid = cv_select(p, ret, y)
         assert (chosen["beta"] < 1) is retrieves, name
-        assert len(grid) == 4 * 5  # 2 k x 2 tau x 5 beta
+        assert len(grid) == 4 * 5 + 5  # 2 k x 2 tau x 5 beta, and the student smoothed towards uniform (5 beta)
         if retrieves:  # gold votes: the chosen setting is the best one, not just within the tolerance
             assert chosen["log_loss"] == min(r["log_loss"] for r in grid)
     # a tie within the tolerance goes to the student's own prediction
     chosen, _ = cv_select(p, {("teacher", 1, 0.1, "store"): p.copy()}, y)
     assert chosen["beta"] == 1.0
+    # an overconfident student: a vote that only softens it (here: near-uniform noise) lowers the log-loss, but
+    # no more than smoothing towards uniform does, so retrieval is not chosen; a vote that knows the labels is
+    sure = np.where(np.eye(2)[y] > 0, 0.99, 0.01)
+    sure[:60] = sure[:60, ::-1]  # 70% right, always 99% sure
+    soft_noise = 0.5 + 0.02 * (np.eye(2)[rng.integers(0, 2, 200)] - 0.5)
+    chosen, grid = cv_select(sure, {("teacher", 8, 0.5, "store"): soft_noise}, y)
+    retrieval_only = [r for r in grid if r["labels"] != "uniform"]
+    assert min(r["log_loss"] for r in retrieval_only if r["beta"] < 1) < min(
+        r["log_loss"] for r in retrieval_only if r["beta"] == 1)  # log-loss alone would have taken the noise
+    assert chosen["beta"] == 1.0 and chosen["labels"] == "teacher"
+    chosen, _ = cv_select(sure, {("teacher", 8, 0.5, "store"): gold}, y)
+    assert chosen["beta"] < 1.0
 
 
 def test_mixed_batches_hold_a_fixed_share_of_gold_examples():
