@@ -65,6 +65,9 @@ class CompareConfig:
     max_length: int = arg(256, help="encoder student max tokens per input")
     prompt_epochs: int | None = arg(None, help="soft-prompt tuning epochs when a store must be built (default: the "
                                                "recipe's)")
+    retrieval_keys: str = arg("store", help="retrikt rows: key space of retrieval (store | student | teacher | auto, "
+                                            "see retrikt.train --retrieval-keys)",
+                              choices=["store", "student", "teacher", "auto"])
     epochs: int = arg(20, help="training epochs over the k-shot set (encoder students)")
     lm_epochs: int = arg(3, help="training epochs of the causal-LM student (parametric; paper: 3, at lr 3e-4)")
     parametric_seeds: int = arg(32, help="parametric: seed samples for the sensitivity (paper: 32)")
@@ -123,6 +126,8 @@ def train_config(cfg: CompareConfig, label: str, task: str, seed: int) -> TrainC
         extra.update(op="merge", adapters=[str(a) for a in source_adapters(cfg, task, seed)])
     if lm:
         extra["parametric_seeds"] = cfg.parametric_seeds
+    if r.method.name == "retrikt":
+        extra["retrieval_keys"] = cfg.retrieval_keys
     return TrainConfig(task=task, method=r.method.name, init=r.init.name,
                        student=cfg.lm_student if lm else cfg.student,
                        teacher=cfg.parametric_teacher if lm else cfg.teacher, shots=cfg.shots, seeds=[seed],

@@ -303,3 +303,9 @@ def test_smoke_stores_from_the_random_tiny_teacher_have_entries(tmp_path):
     assert compare.main(args) == 0
     table = (tmp_path / "cmp" / "table.md").read_text()
     assert "| kd | tiny-encoder |" in table and "Missing" not in table
+
+
+def test_retrieval_keys_reach_the_retrikt_rows_only():
+    cfg = compare.CompareConfig(retrieval_keys="teacher")
+    assert compare.train_config(cfg, "retrikt", "sst2", 2).retrieval_keys == "teacher"
+    assert compare.train_config(cfg, "kd", "sst2", 2).retrieval_keys == "store"  # TrainConfig's default, unused
