@@ -25,6 +25,7 @@ from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from benchmarks.common import RESULTS
 
 ROWS = (("finetune", "MiniLM fine-tune (32 gold)"), ("kd", "kd"), ("retrikt", "retrikt, store keys / auto"),
+        ("retrikt-no-relational", "retrikt, no relational loss (ablation)"),
         ("retrikt-teacher-keys", "retrikt, teacher keys"), ("kd-oracle", "kd on the oracle store"),
         ("teacher-lora", "teacher: adapted qwen-0.5b (the labeller)"))
 
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
               "CV rule within each slice, never on validation):", "",
               "| run | variant | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " | mean ± std |",
               "|---|---|" + "---:|" * (len(cfg.seeds) + 1)]
-    for row in ("retrikt", "retrikt-teacher-keys"):
+    for row in ("retrikt", "retrikt-no-relational", "retrikt-teacher-keys"):
         names = sorted({n for s in cfg.seeds if runs[row, s] for n in runs[row, s].get("variants", {})})
         for name in names:
             vals = [runs[row, s]["variants"][name]["main"] if runs[row, s] and name in runs[row, s].get("variants", {})
@@ -109,13 +110,14 @@ def main(argv=None) -> None:
             lines.append(f"| {row} | {name} | " + " | ".join(f"{v * 100:.1f}" if v is not None else "–" for v in vals)
                          + f" | {_fmt([v for v in vals if v is not None])} |")
     lines += ["", "Chosen settings and the largest one-class share of the predictions:", ""]
-    for row in ("retrikt", "retrikt-teacher-keys"):
+    for row in ("retrikt", "retrikt-no-relational", "retrikt-teacher-keys"):
         for s in cfg.seeds:
             r = runs[row, s]
             if r:
                 sel = r.get("selection", {})
                 lines.append(f"- {row} seed {s}: keys {sel.get('keys', 'store')}, k {sel.get('k')}, β {sel.get('beta')}, "
-                             f"τ {sel.get('tau')}, CV log-loss by β {sel.get('beta_curve')}; one class "
+                             f"τ {sel.get('tau')}, CV log-loss by β {sel.get('beta_curve')}, smoothed student "
+                             f"{sel.get('smoothing_curve')}; one class "
                              f"{_one_class(r):.0%}; {r.get('examples_per_s', 0):.0f} examples/s")
     lines += ["", "| store | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " |", "|---|" + "---|" * len(cfg.seeds)]
     for key in ("generated", "entries", "keep_rate", "unfinished", "label_words", "disagree", "per_label",
