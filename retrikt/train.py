@@ -62,9 +62,9 @@ def run_one(cfg: TrainConfig, task, pool: list[dict], seed: int) -> dict | None:
     train_seconds = time.perf_counter() - t0
     if not process_state().is_main_process:
         return None
-    res = evaluate(student, task, cfg.eval_split, data_dir=cfg.data_dir, limit=cfg.eval_limit or None)
+    split = load_split(task, cfg.eval_split, data_dir=cfg.data_dir)[:cfg.eval_limit or None]
+    res = evaluate(student, task, cfg.eval_split, examples=split)
     if hasattr(student, "variant_settings") and student.variant_settings():
-        split = load_split(task, cfg.eval_split, data_dir=cfg.data_dir)[:cfg.eval_limit or None]
         res["variants"] = evaluate_variants(student, task, split)
     # a combination is its own row, method+init; "init" records which initialiser (its facts are under its name)
     init = {"init": cfg.init} if cfg.init != "none" else {}

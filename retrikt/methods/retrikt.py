@@ -1,8 +1,8 @@
 """--method retrikt: an encoder student that retrieves teacher-labelled store entries at inference (after ReAugKD).
 
 Training: cross-entropy on the k-shot set, KL to the teacher's soft labels on store entries, and a relational loss on
-each example's store neighbours (retrikt.student.retrieval has the student and the losses, retrikt.student.selection the CV), every batch a fixed share
-of k-shot examples. k, β and τ are chosen by cross-validation over the k-shot set (log-loss, ties to the student's
+each example's store neighbours (retrikt.student.retrieval has the student and the losses, retrikt.student.selection
+the CV), every batch a fixed share of k-shot examples. k, β and τ are chosen by cross-validation over the k-shot set (log-loss, ties to the student's
 own prediction), then the final student is trained on all of it.
 """
 from __future__ import annotations
@@ -53,16 +53,16 @@ def _fit(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray, 
     from retrikt.student.retrieval import RetrievalStudent, relational_targets, retrieval_loss
     seed_everything(seed)
     memory, data, q_emb, self_ids = _memory(cfg, task, store, labelled, kshot_emb)
-    space = memory
+    space, tk = memory, None
     if settings.keys == "teacher":  # neighbours and their similarities in the teacher's space, own key to align to
-        q_emb, space = _teacher_space(cfg, store, labelled)
+        q_emb, space, tk = _teacher_space(cfg, store, labelled)
         for e, key in zip(data, q_emb):
             e["tkey"] = key
     nbr_ids, nbr_sims = relational_targets(space, q_emb, min(cfg.retrieval_k, len(memory) - 1), self_ids)
     for e, i, s in zip(data, nbr_ids, nbr_sims):
         e["nbr_ids"], e["nbr_sims"] = i, s
     base, facts = kd.start_encoder(cfg, task, labelled, seed, resolve_device(cfg.device))
-    model = RetrievalStudent(base, memory, settings, use_retrieval=not cfg.no_retrieval)
+    model = RetrievalStudent(base, memory, settings, use_retrieval=not cfg.no_retrieval, teacher_keys=tk)
     fc, sampler = kd.store_schedule(cfg, data[:len(labelled)], data[len(labelled):], seed)
     losses = fit(model, data, fc, seed, desc=f"retrikt {task.name} s{seed}", sampler=sampler,
                  loss_fn=lambda m, b: retrieval_loss(m, b, fc, settings.rel_weight, cfg.rel_tau))
@@ -93,7 +93,7 @@ def _memory(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarra
 
 def _teacher_space(cfg: Config, store, labelled: list[dict]):
     """(query keys of the k-shot examples then the store entries, a searchable memory of the entries' teacher
-    keys): what the relational loss matches when the student retrieves by teacher keys."""
+    keys, the loaded keys): what the relational loss matches when the student retrieves by teacher keys."""
     from retrikt.store.teacher_keys import load_teacher_keys
     from retrikt.student.retrieval import MemoryStore
     if cfg.retrieve_from != "store":
@@ -103,7 +103,7 @@ def _teacher_space(cfg: Config, store, labelled: list[dict]):
     if missing:
         raise RetriktError(f"{store.folder}: teacher keys hold no key for k-shot examples {missing[:5]}")
     q = np.concatenate([np.stack([tk.kshot[e["idx"]] for e in labelled]), tk.entries])
-    return q, MemoryStore(tk.entries, store.entries(range(len(store))), {"name": "teacher", "dim": tk.dim})
+    return q, MemoryStore(tk.entries, store.entries(range(len(store))), {"name": "teacher", "dim": tk.dim}), tk
 
 
 def _settings(cfg: Config):

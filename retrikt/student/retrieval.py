@@ -67,16 +67,17 @@ def neighbour_vote(scores: np.ndarray, ids: np.ndarray, votes: np.ndarray, k: in
 
 
 class RetrievalStudent(nn.Module):
-    def __init__(self, base: EncoderClassifier, store, settings: RetrievalSettings, use_retrieval: bool = True):
+    def __init__(self, base: EncoderClassifier, store, settings: RetrievalSettings, use_retrieval: bool = True,
+                 teacher_keys=None):
         super().__init__()
         self.base, self.store, self.settings, self.use_retrieval = base, store, settings, use_retrieval
         self.task = base.task
-        self.teacher_keys = None
+        self.teacher_keys = None  # keys = teacher: the labeller's states beside the store (given, or loaded here)
         if settings.keys == "teacher":
             from retrikt.store.teacher_keys import load_teacher_keys
             if isinstance(store, MemoryStore):
                 raise RetriktError("teacher keys cover the store's own entries: retrieve from the store only")
-            self.teacher_keys = load_teacher_keys(store)
+            self.teacher_keys = teacher_keys if teacher_keys is not None else load_teacher_keys(store)
         key_dim = self.teacher_keys.dim if self.teacher_keys is not None else int(store.manifest["embedder"]["dim"])
         hidden = base.encoder.config.hidden_size
         self.proj = nn.Linear(hidden, key_dim, bias=False).to(base.device)
@@ -90,6 +91,7 @@ class RetrievalStudent(nn.Module):
                                       dtype=np.float32)
         self.conditioned_probs = np.array([_onehot(e, self.task.num_labels) for e in entries], dtype=np.float32)
         self.student_keys: np.ndarray | None = None  # set by rekey(): the store's texts in the student's own space
+        self.variants: dict[str, dict] = {}  # ablation settings to score besides the chosen ones (set by the recipe)
 
     @torch.no_grad()
     def rekey(self, batch_size: int = 64) -> None:
@@ -149,7 +151,7 @@ class RetrievalStudent(nn.Module):
     def variant_settings(self) -> dict[str, dict]:
         """Settings to score besides the chosen ones, for the record only (ablations from one trained student):
         set by the training recipe, never chosen on what they are scored on."""
-        return getattr(self, "variants", {})
+        return self.variants
 
     def predict_proba(self, examples: list[dict], batch_size: int = 32) -> np.ndarray:
         s = self.settings
