@@ -145,7 +145,8 @@ def main(argv=None) -> None:
     atomic_write_json(RESULTS / f"{cfg.name}.json", {**meta, "rows": rows})
     regen = f"python -m benchmarks.store_knn --stores {' '.join(cfg.stores)} --name {cfg.name}"
     md = (f"# kNN over the store vs over the k-shot set (validation, main metric x100)\n\n{table(rows, cfg.ks)}\n\n"
-          f"β = 0 (retrieval only), τ = {cfg.tau}; k-shot baseline mean ± std over seeds {cfg.seeds}. "
+          f"β = 0 (retrikt's retrieval half only), τ = {cfg.tau}; k-shot baseline: a per-seed store's own seed "
+          f"(± 0.0: one seed), an older store's mean ± std over seeds {cfg.seeds}. "
           f"Commit `{meta['git_commit']}`. Regenerate: `{regen}`\n")
     atomic_write_text(RESULTS / f"{cfg.name}.md", md)
     print(md)
