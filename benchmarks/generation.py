@@ -37,6 +37,11 @@ class GenerationBench:
                                    "many rows, and at batch 1 every row costs a full pass per token")
     raw: bool = arg(True, help="also time raw model.generate (the overhead column); --raw false halves a sweep")
     name: str = arg("generation", help="results file stem")
+    prompt_dir: str = arg("", help="a trained soft prompt (a store's prompt/ folder): also time store-style sampling "
+                                   "that stops at EOS, model.generate vs the compacting sampler, in samples/s")
+    natural_batch_sizes: list[int] = arg([8, 32, 64], help="batch sizes of the stop-at-EOS comparison")
+    natural_rows: int = arg(64, help="samples per stop-at-EOS measurement")
+    natural_max_new_tokens: int = arg(48, help="cap of the stop-at-EOS comparison (the SST-2 stores' cap)")
 
 
 SMOKE = {"model": "tiny-causal", "rows": 8, "max_new_tokens": 8, "repeats": 1, "name": "generation_smoke"}
@@ -60,6 +65,45 @@ def _soft(gen: SoftPromptGenerator, conds: list[str], bs: int, n: int) -> float:
     return time.perf_counter() - t0
 
 
+def _natural(gen: SoftPromptGenerator, task, cfg: GenerationBench) -> list[dict]:
+    """Store-style sampling (one label's condition per batch, T = 1, top-p 0.9, stop at EOS): both samplers."""
+    half = cfg.natural_rows // 2
+    conds = [condition(task, 0)] * half + [condition(task, 1 % task.num_labels)] * (cfg.natural_rows - half)
+    rows = []
+    for bs in cfg.natural_batch_sizes:
+        for sampler in ("hf", "compact"):
+            gen.sampler = sampler
+            t0 = time.perf_counter()
+            out = [s for lab in (conds[:half], conds[half:]) for s in gen.generate(
+                lab, max_new_tokens=cfg.natural_max_new_tokens, temperature=1.0, top_p=0.9, batch_size=bs, seed=1)]
+            sec = time.perf_counter() - t0
+            toks = sum(len(s["tokens"]) for s in out)
+            rows.append({"batch_size": bs, "sampler": sampler, "seconds": sec, "samples": len(out),
+                         "samples_s": len(out) / sec, "useful_tokens": toks, "useful_tok_s": toks / sec,
+                         "tokens_per_sample": toks / len(out),
+                         "finished": sum(s["finished"] for s in out) / len(out)})
+            print(f"natural batch {bs} {sampler}: {len(out) / sec:.2f} samples/s, {toks / sec:.1f} useful tok/s, "
+                  f"{toks / len(out):.1f} tokens/sample", flush=True)
+    gen.sampler = "compact"
+    return rows
+
+
+def _natural_lines(rows: list[dict], cfg: GenerationBench) -> list[str]:
+    if not rows:
+        return []
+    hf = {r["batch_size"]: r for r in rows if r["sampler"] == "hf"}
+    base = min(r["samples_s"] for r in rows if r["sampler"] == "hf" and r["batch_size"] == min(hf))
+    lines = ["", f"## Store-style sampling (stops at EOS): {cfg.natural_rows} samples, cap "
+             f"{cfg.natural_max_new_tokens} tokens, prompt `{cfg.prompt_dir}`", "",
+             "| batch | sampler | samples/s | useful tok/s | tokens/sample | ended with EOS | vs generate, same batch "
+             f"| vs generate at batch {min(hf)} |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['batch_size']} | {r['sampler']} | {r['samples_s']:.2f} | {r['useful_tok_s']:.1f} | "
+                     f"{r['tokens_per_sample']:.1f} | {r['finished']:.2f} | "
+                     f"{r['samples_s'] / hf[r['batch_size']]['samples_s']:.2f}x | {r['samples_s'] / base:.2f}x |")
+    return lines
+
+
 def _num(v, fmt: str = ".1f", unit: str = "") -> str:
     return "–" if v is None else f"{v:{fmt}}{unit}"
 
@@ -71,6 +115,7 @@ def main(argv=None) -> None:
     task = get_task(cfg.task)
     model, tok = models.load_causal_lm(cfg.model)
     gen = SoftPromptGenerator(model, tok, n_virtual=20)
+    gen.sampler = "hf"  # the forced-length sweep times model.generate (EOS suppressed, nothing to compact)
     conds = [condition(task, i % task.num_labels) for i in range(cfg.rows)]
     results = []
     for bs in cfg.batch_sizes:
@@ -87,10 +132,11 @@ def main(argv=None) -> None:
         results.append(row)
         print(f"batch {bs}: soft prompt {row['soft_tok_s']:.1f} tok/s"
               + (f", raw {row['raw_tok_s']:.1f} tok/s, overhead {row['overhead_pct']:+.1f}%" if raw else ""), flush=True)
+    natural = _natural(SoftPromptGenerator.load(cfg.prompt_dir, model, tok), task, cfg) if cfg.prompt_dir else []
     b1 = next((r for r in results if r["batch_size"] == 1), None)
     for r in results:
         r["speedup_vs_batch1"] = r["soft_tok_s"] / b1["soft_tok_s"] if b1 else None
-    out = run_metadata(cfg) | {"rows": results, "threads": torch.get_num_threads(), "peak_rss_gib": peak_rss_gib()}
+    out = run_metadata(cfg) | {"rows": results, "natural": natural, "threads": torch.get_num_threads(), "peak_rss_gib": peak_rss_gib()}
     atomic_write_json(RESULTS / f"{cfg.name}.json", out)
     lines = [f"# Generation throughput: {cfg.model}, {cfg.rows} rows x {cfg.max_new_tokens} new tokens, "
              f"{torch.get_num_threads()} threads", "",
@@ -103,7 +149,9 @@ def main(argv=None) -> None:
               f"`OMP_NUM_THREADS={torch.get_num_threads()} python -m benchmarks.generation --model {cfg.model} "
               f"--batch-sizes {' '.join(map(str, cfg.batch_sizes))} --rows {cfg.rows} --max-new-tokens "
               f"{cfg.max_new_tokens} --batch1-rows {cfg.batch1_rows} --repeats {cfg.repeats}"
-              + ("" if cfg.raw else " --raw false") + f" --name {cfg.name}`"]
+              + ("" if cfg.raw else " --raw false") + f" --name {cfg.name}"
+              + (f" --prompt-dir {cfg.prompt_dir}" if cfg.prompt_dir else "") + "`"]
+    lines += _natural_lines(natural, cfg)
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
 
 

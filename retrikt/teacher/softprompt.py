@@ -28,6 +28,7 @@ from transformers import GenerationConfig
 
 from retrikt.config import arg
 from retrikt.progress import progress
+from retrikt.teacher.sampling import sample
 from retrikt.io import (RetriktError, atomic_path, atomic_write_json, folder_lock, read_manifest, write_manifest)
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class SoftPromptGenerator(torch.nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.init_text = init_text
+        # "compact": retrikt.teacher.sampling (finished rows leave the batch, shared prefixes prefilled once);
+        # "hf": model.generate, every row runs to the batch's longest
+        self.sampler = "compact"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
             raise RetriktError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
@@ -280,6 +284,12 @@ class SoftPromptGenerator(torch.nn.Module):
         dummy = [[self.pad_id]] * len(conds)
         batch = self.encode(conds, dummy)
         emb, mask = self._prefix(batch.cond_ids, batch.cond_mask, prompt)
+        if self.sampler == "compact" and not gcfg.min_new_tokens:
+            groups = {c: i for i, c in enumerate(dict.fromkeys(conds))}
+            return sample(self.model, emb, mask, max_new_tokens=gcfg.max_new_tokens, eos_id=gcfg.eos_token_id,
+                          pad_id=self.pad_id, temperature=gcfg.temperature if gcfg.do_sample else 0.0,
+                          top_p=gcfg.top_p if gcfg.do_sample else 1.0, max_time=gcfg.max_time,
+                          groups=[groups[c] for c in conds])
         out = self.model.generate(inputs_embeds=emb, attention_mask=mask, generation_config=gcfg)
         # decoder-only generate(inputs_embeds=...) returns only the new tokens
         return out.cpu()
