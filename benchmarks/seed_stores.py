@@ -39,6 +39,8 @@ class SeedStoresBench:
     baselines: str = arg("benchmarks/results/compare/runs", help="grid runs with the fine-tune rows")
     teachers: str = arg("benchmarks/results/teachers/runs", help="runs with the adapted teacher rows")
     note: str = arg("", help="a line under the table (how the runs were made)")
+    store_suffix: str = arg("", help="stores named <task>-qwen-0.5b-s<seed><suffix>[-oracle] (e.g. -1k)")
+    name: str = arg("", help="results file stem (default seed_stores_<task>)")
 
 
 def _find(folder: Path, task: str, method: str, seed: int) -> dict | None:
@@ -87,8 +89,9 @@ def _fmt(vals: list[float]) -> str:
 def main(argv=None) -> None:
     cfg = parse_config(SeedStoresBench, argv, description=__doc__)
     runs = {(row, s): _run(cfg, row, s) for row, _ in ROWS for s in cfg.seeds}
-    stores = {s: _store_stats(Path(cfg.stores) / f"{cfg.task}-qwen-0.5b-s{s}") for s in cfg.seeds}
-    oracles = {s: _store_stats(Path(cfg.stores) / f"{cfg.task}-qwen-0.5b-s{s}-oracle") for s in cfg.seeds}
+    stores = {s: _store_stats(Path(cfg.stores) / f"{cfg.task}-qwen-0.5b-s{s}{cfg.store_suffix}") for s in cfg.seeds}
+    oracles = {s: _store_stats(Path(cfg.stores) / f"{cfg.task}-qwen-0.5b-s{s}{cfg.store_suffix}-oracle")
+               for s in cfg.seeds}
     lines = [f"# {cfg.task}: per-seed stores and the students on them", "",
              "Every row saw only its seed's 32 labelled examples (the store, its prompt, its labeller: that seed's). "
              "Validation set, whole.", "",
@@ -131,8 +134,9 @@ def main(argv=None) -> None:
                                         for (row, s), r in runs.items()},
                                "stores": {str(s): v for s, v in stores.items()},
                                "oracles": {str(s): v for s, v in oracles.items()}}
-    atomic_write_json(RESULTS / f"seed_stores_{cfg.task}.json", out)
-    atomic_write_text(RESULTS / f"seed_stores_{cfg.task}.md", "\n".join(lines) + "\n")
+    stem = cfg.name or f"seed_stores_{cfg.task}"
+    atomic_write_json(RESULTS / f"{stem}.json", out)
+    atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
