@@ -153,12 +153,15 @@ def _holdout_select(cfg: Config, task, store, copies: list[dict], emb: np.ndarra
 def _variants(chosen: dict) -> dict[str, dict]:
     """Ablations one trained student can be scored on, each setting picked by the same CV rule within its slice of
     the grid: the student alone (β = 1), and the best setting in each key space the CV scored."""
-    from retrikt.student.selection import pick_setting
+    from retrikt.student.selection import pick_by_accuracy, pick_setting
     out = {"no retrieval at inference": {"beta": 1.0}}
     grid = chosen.get("grid") or []
+    if any("accuracy" in r for r in grid):
+        out["accuracy rule (old criterion)"] = {k: v for k, v in pick_by_accuracy(grid).items()
+                                                if k not in ("log_loss", "accuracy")}
     for keys in sorted({r.get("keys", "store") for r in grid} - {"none"}):
         rows = [r for r in grid if r.get("keys", "store") in (keys, "none")]  # "none": the smoothed student
-        out[f"keys {keys}"] = {k: v for k, v in pick_setting(rows).items() if k != "log_loss"}
+        out[f"keys {keys}"] = {k: v for k, v in pick_setting(rows).items() if k not in ("log_loss", "accuracy")}
     return out
 
 

@@ -63,7 +63,9 @@ def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float 
         for beta in grid_beta:
             mix = beta * p + (1 - beta) * r
             ll = float(-np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0)).mean())
-            rows.append({"labels": name, "k": k, "beta": beta, "tau": tau, "keys": keys, "log_loss": ll})
+            acc = float((mix.argmax(1) == y).mean())
+            rows.append({"labels": name, "k": k, "beta": beta, "tau": tau, "keys": keys, "log_loss": ll,
+                         "accuracy": round(acc, 5)})
     return pick_setting(rows, tol), rows
 
 
@@ -77,6 +79,15 @@ def pick_setting(rows: list[dict], tol: float = 0.005) -> dict:
     if alone and any(r["beta"] >= 1 or r["labels"] == "uniform" for r in near):
         return dict(max(alone, key=lambda r: (r["k"], r["tau"])))
     return dict(max(near, key=lambda r: (r["beta"], r["k"], r["tau"])))
+
+
+def pick_by_accuracy(rows: list[dict]) -> dict:
+    """The old rule's criterion on the same out-of-fold predictions, for the ablation: the highest accuracy, ties
+    to teacher labels, the smallest k, the most retrieval (smallest β), the smallest τ, as :func:`choose_settings`
+    breaks them. Isolates the criterion from the old rule's other weakness, its 8-example holdout."""
+    order = {"teacher": 0, "conditioned": 1}
+    cands = [r for r in rows if r["labels"] != "uniform" and "accuracy" in r]
+    return dict(min(cands, key=lambda r: (-r["accuracy"], order.get(r["labels"], 2), r["k"], r["beta"], r["tau"])))
 
 
 def beta_curve(rows: list[dict], smoothing: bool = False) -> dict:

@@ -188,7 +188,8 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
         # the ablations one student is scored on besides its chosen setting, which they leave as it was
         from retrikt.eval.harness import evaluate_variants
         from retrikt.tasks import compute_metrics
-        assert set(model.variant_settings()) == {"no retrieval at inference"} | {f"keys {k}" for k in keys}
+        assert set(model.variant_settings()) == {"no retrieval at inference", "accuracy rule (old criterion)"} | {
+            f"keys {k}" for k in keys}
         before = dict(model.settings.__dict__)
         scored = evaluate_variants(model, get_task("sst2"), EX)
         assert model.settings.__dict__ == before
@@ -277,6 +278,20 @@ def test_cv_selection_keeps_the_student_when_retrieval_adds_nothing_and_retrieve
     assert chosen["beta"] == 1.0 and chosen["labels"] == "teacher"
     chosen, _ = cv_select(sure, {("teacher", 8, 0.5, "store"): gold}, y)
     assert chosen["beta"] < 1.0
+
+
+def test_accuracy_rule_breaks_ties_towards_retrieval_as_the_old_rule_did():
+    from retrikt.student.selection import cv_select, pick_by_accuracy
+    y = np.array([0, 1, 0, 1])
+    p = np.eye(2)[y] * 0.6 + 0.2  # right, unsure: every mixture with a right vote keeps every argmax
+    chosen, grid = cv_select(p, {("teacher", k, 0.5, "store"): np.eye(2)[y] for k in (1, 8)}, y)
+    assert all(r["accuracy"] == 1.0 for r in grid if r["labels"] != "uniform")
+    old = pick_by_accuracy(grid)
+    assert (old["k"], old["beta"], old["labels"]) == (1, 0.0, "teacher")  # retrieval only, one neighbour
+    wrong = np.eye(2)[1 - y]  # a vote that is always wrong: only the settings that trust the student stay right
+    _, grid = cv_select(p, {("teacher", 4, 0.5, "store"): wrong}, y)
+    old = pick_by_accuracy(grid)
+    assert old["accuracy"] == 1.0 and old["beta"] == 0.75  # the most retrieval that keeps every answer
 
 
 def test_mixed_batches_hold_a_fixed_share_of_gold_examples():
