@@ -65,7 +65,7 @@ class CompareConfig:
     max_length: int = arg(256, help="encoder student max tokens per input")
     prompt_epochs: int | None = arg(None, help="soft-prompt tuning epochs when a store must be built (default: the "
                                                "recipe's)")
-    retrieval_keys: str = arg("store", help="retrikt rows: key space of retrieval (store | student | teacher | auto, "
+    retrieval_keys: str = arg("auto", help="retrikt rows: key space of retrieval (store | student | teacher | auto, "
                                             "see retrikt.train --retrieval-keys)",
                               choices=["store", "student", "teacher", "auto"])
     epochs: int = arg(20, help="training epochs over the k-shot set (encoder students)")

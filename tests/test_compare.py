@@ -308,4 +308,4 @@ def test_smoke_stores_from_the_random_tiny_teacher_have_entries(tmp_path):
 def test_retrieval_keys_reach_the_retrikt_rows_only():
     cfg = compare.CompareConfig(retrieval_keys="teacher")
     assert compare.train_config(cfg, "retrikt", "sst2", 2).retrieval_keys == "teacher"
-    assert compare.train_config(cfg, "kd", "sst2", 2).retrieval_keys == "store"  # TrainConfig's default, unused
+    assert compare.train_config(cfg, "kd", "sst2", 2).retrieval_keys == "auto"  # TrainConfig's default, unused

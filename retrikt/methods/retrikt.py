@@ -7,7 +7,9 @@ own prediction), then the final student is trained on all of it.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +20,8 @@ from retrikt.methods import kd
 from retrikt.methods.base import Method, final_loss, resolve_device
 from retrikt.student.trainer import fit, seed_everything
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Config(kd.Config):
@@ -27,10 +31,13 @@ class Config(kd.Config):
     retrieval_k: int = arg(8, help="retrikt: neighbours retrieved per input (re-chosen on held-out k-shot data)")
     retrieval_beta: float = arg(0.5, help="retrikt: weight of the student's own prediction in the mixture")
     retrieval_tau: float = arg(0.1, help="retrikt: softmax temperature over neighbour similarities")
-    retrieval_keys: str = arg("store", help="retrikt: key space of retrieval: store (the store embedder's keys, the "
-                                            "student's query projected into them) | student (the trained student's "
-                                            "own embeddings of the store's texts) | teacher (the labeller's answer "
-                                            "states: python -m retrikt.keys first) | auto (store or student, by CV)",
+    retrieval_keys: str = arg("auto", help="retrikt: key space of retrieval: store (the store embedder's keys, the "
+                                           "student's query projected into them) | student (the trained student's "
+                                           "own embeddings of the store's texts) | teacher (the labeller's answer "
+                                           "states: python -m retrikt.keys, or a build's --teacher-keys) | auto: "
+                                           "teacher keys when the store has valid ones (the projection learns the "
+                                           "teacher's space, as ReAugKD keys its memory), else store keys; the CV "
+                                           "also scores the student's own keys",
                               choices=["store", "student", "teacher", "auto"])
     key_align: float = arg(1.0, help="retrikt, --retrieval-keys teacher: weight of the cosine loss pulling the "
                                      "student's projected query onto its own teacher key")
@@ -106,10 +113,25 @@ def _teacher_space(cfg: Config, store, labelled: list[dict]):
     return q, MemoryStore(tk.entries, store.entries(range(len(store))), {"name": "teacher", "dim": tk.dim}), tk
 
 
-def _settings(cfg: Config):
+def trained_keys(cfg: Config, store) -> str:
+    """The key space the student's projection is trained towards: --retrieval-keys, with auto resolved to the
+    teacher's keys when ``store`` carries keys valid for it, else the store's own."""
+    if cfg.retrieval_keys != "auto":
+        return cfg.retrieval_keys
+    from retrikt.store.teacher_keys import KEYS_META, load_teacher_keys
+    if cfg.retrieve_from != "store" or not (Path(store.folder) / KEYS_META).exists():
+        return "store"
+    try:
+        load_teacher_keys(store)
+    except RetriktError as e:  # stale keys (the store grew since) must not stop a run that can use the store's
+        logger.warning("--retrieval-keys auto: not using the teacher keys: %s", e)
+        return "store"
+    return "teacher"
+
+
+def _settings(cfg: Config, keys: str):
     from retrikt.student.retrieval import RetrievalSettings
-    return RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau,
-                             keys="store" if cfg.retrieval_keys == "auto" else cfg.retrieval_keys,
+    return RetrievalSettings(k=cfg.retrieval_k, beta=cfg.retrieval_beta, tau=cfg.retrieval_tau, keys=keys,
                              key_align=cfg.key_align,
                              rel_weight=0.0 if cfg.no_relational else cfg.rel_weight)
 
@@ -119,7 +141,7 @@ def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndar
     log-loss over all of them. Returns the selection record (chosen setting, β curve, every setting's loss)."""
     from retrikt.student.selection import beta_curve, cv_select, folds_of, retrieval_votes
     grid_labels = ("teacher", "conditioned") if cfg.retrieval_labels == "auto" else (cfg.retrieval_labels,)
-    grid_keys = ("store", "student") if cfg.retrieval_keys == "auto" else (cfg.retrieval_keys,)
+    grid_keys = (settings.keys, "student") if cfg.retrieval_keys == "auto" else (settings.keys,)
     p_all, ret_all, y = [], {}, []
     folds = [held for held in folds_of(len(examples), min(cfg.cv_folds, len(examples)), seed) if held]
     for held in folds:
@@ -167,8 +189,8 @@ def _variants(chosen: dict) -> dict[str, dict]:
 
 def train(cfg: Config, task, examples: list[dict], seed: int):
     from retrikt.student.retrieval import check_store, open_store, store_embedder, store_keys_of
-    settings = _settings(cfg)
     full_store = open_store(cfg.store)
+    settings = _settings(cfg, trained_keys(cfg, full_store))
     provenance = check_store(full_store, task, examples, seed, cfg.allow_foreign_store)
     # copies: the neighbour fields added in _fit must not leak into the shared training pool
     copies = [dict(e) for e in examples]

@@ -77,3 +77,20 @@ def test_a_retrieval_student_trains_and_retrieves_in_the_teacher_key_space(keyed
     np.testing.assert_allclose(again.predict_proba(EX), p, atol=1e-5)
     with pytest.raises(RetriktError, match="retrieve-from store"):
         run_method(TrainConfig(**{**cfg.__dict__, "retrieve_from": "both"}), get_task("sst2"), train, seed=1)
+
+
+def test_auto_keys_train_towards_valid_teacher_keys_and_fall_back_to_the_stores_own(keyed, caplog):
+    from retrikt.methods import TrainConfig
+    from retrikt.methods.retrikt import trained_keys
+    store, _ = keyed
+    cfg = TrainConfig(task="sst2", method="retrikt", student="tiny-encoder", store=str(store.folder))
+    assert cfg.retrieval_keys == "auto" and trained_keys(cfg, store) == "teacher"
+    assert trained_keys(TrainConfig(**{**cfg.__dict__, "retrieve_from": "both"}), store) == "store"
+    assert trained_keys(TrainConfig(**{**cfg.__dict__, "retrieval_keys": "store"}), store) == "store"
+    meta_path = store.folder / KEYS_META
+    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"store_checksum": "0" * 64}))
+    with caplog.at_level("WARNING"):
+        assert trained_keys(cfg, store) == "store"  # stale keys: a warning, not a failed run
+    assert "another version of this store" in caplog.text
+    (store.folder / KEYS_FILE).unlink(), meta_path.unlink()
+    assert trained_keys(cfg, store) == "store"
