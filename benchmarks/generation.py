@@ -5,7 +5,13 @@
 
 Both sides generate exactly ``max_new_tokens`` tokens per row (EOS suppressed via ``min_new_tokens``) from the same
 conditions, at the same batch size, in the same process, alternating, so the ratio isolates the cost of the soft
-prompt path (inputs_embeds prefix, left padding behind the prompt). Writes benchmarks/results/generation.{json,md}.
+prompt path (inputs_embeds prefix, left padding behind the prompt). With ``--prompt-dir`` (a store's trained prompt)
+it also times store-style sampling that stops at EOS, one label's condition per batch as a build draws them, with
+``model.generate`` (every row runs to the batch's longest) against retrikt's compacting sampler (finished rows leave
+the batch): samples/s and useful tokens/s, the rates a build sees. Writes benchmarks/results/generation.{json,md}.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.generation --model qwen-0.5b --task sst2 --batch-sizes 1 8 32 64 \
+        --rows 64 --batch1-rows 4 --raw false --repeats 1 --prompt-dir stores/sst2-qwen-0.5b-s2/prompt
 """
 from __future__ import annotations
 
