@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from retrikt.teacher.lm import _cache_kwarg
+
 
 def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Mask tokens outside the smallest set whose probability reaches ``top_p`` (HF's TopPLogitsWarper rule)."""
@@ -47,7 +49,7 @@ def _prefill(model, emb: torch.Tensor, mask: torch.Tensor, groups: list[int] | N
     u_mask = mask[uniq]
     pos = (u_mask.cumsum(1) - 1).clamp(min=0)
     out = model(inputs_embeds=emb[uniq], attention_mask=u_mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = out.cache
+    cache = getattr(out, "cache", None) or out.past_key_values
     if len(uniq) != len(groups):
         cache.batch_select_indices(expand)
     return cache, out.logits[:, -1][expand], u_mask[expand], pos[:, -1][expand] + 1
@@ -66,6 +68,7 @@ def sample(model, emb: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int,
     out = torch.full((n, max_new_tokens), pad_id, dtype=torch.long)
     cache, logits, mask, pos = _prefill(model, emb, mask, groups)
     active = torch.arange(n)
+    cache_kw = _cache_kwarg(model)  # the project's one place for transformers' past_key_values -> cache rename
     steps = 0
     for t in range(max_new_tokens):
         tok = next_tokens(logits, temperature, top_p)
@@ -81,7 +84,8 @@ def sample(model, emb: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int,
             cache.batch_select_indices(keep)
             active, tok, mask, pos = active[keep.cpu()], tok[keep], mask[keep], pos[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
-        step = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos[:, None], cache=cache,
-                     use_cache=True)
-        cache, logits, pos = step.cache, step.logits[:, -1], pos + 1
+        step = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos[:, None], use_cache=True,
+                     **{cache_kw: cache})
+        cache = getattr(step, "cache", None) or step.past_key_values
+        logits, pos = step.logits[:, -1], pos + 1
     return out[:, :steps]
