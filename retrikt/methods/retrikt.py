@@ -47,6 +47,9 @@ class Config(kd.Config):
     cv_folds: int = arg(4, help="retrikt: choose k, beta, tau by this many folds of cross-validation over the whole "
                                 "k-shot set, scored by log-loss, ties to the student's own prediction; < 2 = the old "
                                 "rule (accuracy on a quarter held out)")
+    cv_calibrate: bool = arg(True, help="retrikt: score each CV setting by its log-loss after a temperature fitted to "
+                                        "its out-of-fold predictions (how well it ranks the answers, not how "
+                                        "confident it is); false = the raw log-loss")
     no_retrieval: bool = arg(False, help="retrikt ablation: no retrieval at inference (store as training data only)")
     no_relational: bool = arg(False, help="retrikt ablation: no relational loss")
     retrieve_from: str = arg("store", help="retrikt: what the student retrieves from: store | both (the store plus "
@@ -154,8 +157,11 @@ def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndar
         y += [e["label"] for e in dev]
         for key, r in ret.items():
             ret_all.setdefault(key, []).append(r)
-    chosen, grid = cv_select(np.concatenate(p_all), {k: np.concatenate(v) for k, v in ret_all.items()}, y)
-    return chosen | {"method": f"{len(folds)}-fold CV, log-loss", "n": len(y), "beta_curve": beta_curve(grid),
+    chosen, grid = cv_select(np.concatenate(p_all), {k: np.concatenate(v) for k, v in ret_all.items()}, y,
+                             calibrate=cfg.cv_calibrate)
+    how = "calibrated log-loss" if cfg.cv_calibrate else "log-loss"
+    return chosen | {"method": f"{len(folds)}-fold CV, {how}", "calibrated": cfg.cv_calibrate, "n": len(y),
+                     "beta_curve": beta_curve(grid),
                      "smoothing_curve": beta_curve(grid, smoothing=True),
                      "grid": grid}
 
@@ -172,18 +178,26 @@ def _holdout_select(cfg: Config, task, store, copies: list[dict], emb: np.ndarra
     return choose_settings(model, dev, grid_labels=grid_labels) | {"method": "holdout accuracy"}
 
 
+SCORES = ("log_loss", "raw_log_loss", "temperature", "accuracy")  # a grid row's scores, not settings
+
+
 def _variants(chosen: dict) -> dict[str, dict]:
     """Ablations one trained student can be scored on, each setting picked by the same CV rule within its slice of
-    the grid: the student alone (β = 1), and the best setting in each key space the CV scored."""
-    from retrikt.student.selection import pick_by_accuracy, pick_setting
+    the grid: the student alone (β = 1), the best setting in each key space the CV scored, and the older criteria
+    (accuracy; log-loss without calibration) on the same out-of-fold predictions."""
+    from retrikt.student.selection import pick_by_accuracy, pick_by_raw_log_loss, pick_setting
+
+    def settings_of(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k not in SCORES}
     out = {"no retrieval at inference": {"beta": 1.0}}
     grid = chosen.get("grid") or []
     if any("accuracy" in r for r in grid):
-        out["accuracy rule (old criterion)"] = {k: v for k, v in pick_by_accuracy(grid).items()
-                                                if k not in ("log_loss", "accuracy")}
+        out["accuracy rule (old criterion)"] = settings_of(pick_by_accuracy(grid))
+    if any("raw_log_loss" in r for r in grid) and chosen.get("calibrated"):
+        out["uncalibrated log-loss (session-8 rule)"] = settings_of(pick_by_raw_log_loss(grid))
     for keys in sorted({r.get("keys", "store") for r in grid} - {"none"}):
         rows = [r for r in grid if r.get("keys", "store") in (keys, "none")]  # "none": the smoothed student
-        out[f"keys {keys}"] = {k: v for k, v in pick_setting(rows).items() if k not in ("log_loss", "accuracy")}
+        out[f"keys {keys}"] = settings_of(pick_setting(rows))
     return out
 
 

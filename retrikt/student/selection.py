@@ -1,8 +1,9 @@
 """Choosing a retrieval student's inference settings (k, β, τ, labels, keys) on its k-shot set, never on validation.
 
 The default (``--cv-folds 4``): k-fold cross-validation over the whole k-shot set, every setting scored by the
-log-loss of the out-of-fold predictions, ties to the student's own prediction. The old rule (``--cv-folds 0``):
-accuracy on a quarter of the k-shot set held out, kept for the ablation.
+log-loss of the out-of-fold predictions after a temperature fitted to them (calibrated log-loss), ties to the
+student's own prediction. The old rule (``--cv-folds 0``): accuracy on a quarter of the k-shot set held out, kept for
+the ablation.
 """
 from __future__ import annotations
 
@@ -48,24 +49,44 @@ def retrieval_votes(model: RetrievalStudent, examples: list[dict], grid_labels=(
     return p, ret
 
 
-def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float = 0.005) -> tuple[dict, list[dict]]:
+# Temperatures a setting's mixture may be rescaled by before its log-loss is read: 0.05 (sharper) to 20 (flatter).
+TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
+
+
+def calibrated_log_loss(mix: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(log-loss of ``mix`` rescaled by the temperature that minimises it, that temperature): one scalar fitted on
+    the same predictions, so what is scored is how well a setting ranks the answers, not how confident it is. The
+    argmax, and so every prediction, does not depend on the temperature."""
+    z = np.log(np.clip(mix, 1e-6, 1.0))[None] / TEMPERATURES[:, None, None]  # [T, n, C]
+    zmax = z.max(2, keepdims=True)
+    lse = np.log(np.exp(z - zmax).sum(2)) + zmax[..., 0]
+    ll = (lse - z[:, np.arange(len(y)), y]).mean(1)
+    i = int(np.argmin(ll))
+    return float(ll[i]), float(TEMPERATURES[i])
+
+
+def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float = 0.005,
+              calibrate: bool = True) -> tuple[dict, list[dict]]:
     """(chosen setting, every setting's log-loss) over out-of-fold predictions of the k-shot set.
 
-    Log-loss, not accuracy: on 8 held-out examples accuracy moves in 12.5-point steps and ties are the rule. But
-    log-loss also rewards mere smoothing: mixing an overconfident student with any soft vote lowers it without
-    adding information. So the grid holds the student smoothed towards the uniform distribution (labels
-    ``uniform``; its argmax is the student's), and retrieval is chosen only where it beats that by more than ``tol``
-    nats; among such settings the one that trusts the student most wins (largest β, then k, then τ)."""
+    Log-loss, not accuracy: on 8 held-out examples accuracy moves in 12.5-point steps and ties are the rule. But raw
+    log-loss mostly measures confidence: fold students trained on a few dozen examples are overconfident, so any
+    soft vote lowers it (smoothing) and a sharp vote that ranks the answers better raises it. So each setting is
+    scored after its own temperature (``calibrate``; ``raw_log_loss`` keeps the uncalibrated score), the grid also
+    holds the student smoothed towards the uniform distribution (labels ``uniform``; its argmax is the student's),
+    and retrieval is chosen only where it beats both by more than ``tol`` nats; among such settings the one that
+    trusts the student most wins (largest β, then k, then τ)."""
     y = np.asarray(labels, dtype=int)
     rows = []
     uniform = np.full_like(p, 1.0 / p.shape[1])
     for (name, k, tau, keys), r in list(ret.items()) + [(("uniform", 0, 0.0, "none"), uniform)]:
         for beta in grid_beta:
             mix = beta * p + (1 - beta) * r
-            ll = float(-np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0)).mean())
+            raw = float(-np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0)).mean())
+            ll, temp = calibrated_log_loss(mix, y) if calibrate else (raw, 1.0)
             acc = float((mix.argmax(1) == y).mean())
             rows.append({"labels": name, "k": k, "beta": beta, "tau": tau, "keys": keys, "log_loss": ll,
-                         "accuracy": round(acc, 5)})
+                         "raw_log_loss": raw, "temperature": round(temp, 4), "accuracy": round(acc, 5)})
     return pick_setting(rows, tol), rows
 
 
@@ -88,6 +109,12 @@ def pick_by_accuracy(rows: list[dict]) -> dict:
     order = {"teacher": 0, "conditioned": 1}
     cands = [r for r in rows if r["labels"] != "uniform" and "accuracy" in r]
     return dict(min(cands, key=lambda r: (-r["accuracy"], order.get(r["labels"], 2), r["k"], r["beta"], r["tau"])))
+
+
+def pick_by_raw_log_loss(rows: list[dict], tol: float = 0.005) -> dict:
+    """The session-8 rule on the same out-of-fold predictions, for the ablation: :func:`pick_setting` on the
+    uncalibrated log-loss."""
+    return pick_setting([r | {"log_loss": r["raw_log_loss"]} for r in rows if "raw_log_loss" in r], tol)
 
 
 def beta_curve(rows: list[dict], smoothing: bool = False) -> dict:

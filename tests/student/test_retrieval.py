@@ -188,8 +188,8 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
         # the ablations one student is scored on besides its chosen setting, which they leave as it was
         from retrikt.eval.harness import evaluate_variants
         from retrikt.tasks import compute_metrics
-        assert set(model.variant_settings()) == {"no retrieval at inference", "accuracy rule (old criterion)"} | {
-            f"keys {k}" for k in keys}
+        assert set(model.variant_settings()) == {"no retrieval at inference", "accuracy rule (old criterion)",
+                                                 "uncalibrated log-loss (session-8 rule)"} | {f"keys {k}" for k in keys}
         before = dict(model.settings.__dict__)
         scored = evaluate_variants(model, get_task("sst2"), EX)
         assert model.settings.__dict__ == before
@@ -254,6 +254,7 @@ def test_cv_selection_keeps_the_student_when_retrieval_adds_nothing_and_retrieve
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
     p = np.where(np.eye(2)[y] > 0, 0.7, 0.3)
+    p[:60] = p[:60, ::-1]  # 70% right (a student always right would need no retrieval, calibrated)
     noise = np.eye(2)[rng.integers(0, 2, 200)] * 0.8 + 0.1
     gold = np.eye(2)[y] * 0.8 + 0.1
     for name, votes, retrieves in (("random", noise, False), ("gold", gold, True)):
@@ -261,8 +262,9 @@ def test_cv_selection_keeps_the_student_when_retrieval_adds_nothing_and_retrieve
         chosen, grid = cv_select(p, ret, y)
         assert (chosen["beta"] < 1) is retrieves, name
         assert len(grid) == 4 * 5 + 5  # 2 k x 2 tau x 5 beta, and the student smoothed towards uniform (5 beta)
-        if retrieves:  # gold votes: the chosen setting is the best one, not just within the tolerance
-            assert chosen["log_loss"] == min(r["log_loss"] for r in grid)
+        if retrieves:  # gold votes: within the tolerance of the best, clearly better than the student alone
+            assert chosen["log_loss"] <= min(r["log_loss"] for r in grid) + 0.005
+            assert chosen["log_loss"] < min(r["log_loss"] for r in grid if r["beta"] == 1.0) - 0.005
     # a tie within the tolerance goes to the student's own prediction
     chosen, _ = cv_select(p, {("teacher", 1, 0.1, "store"): p.copy()}, y)
     assert chosen["beta"] == 1.0
@@ -273,11 +275,39 @@ def test_cv_selection_keeps_the_student_when_retrieval_adds_nothing_and_retrieve
     soft_noise = 0.5 + 0.02 * (np.eye(2)[rng.integers(0, 2, 200)] - 0.5)
     chosen, grid = cv_select(sure, {("teacher", 8, 0.5, "store"): soft_noise}, y)
     retrieval_only = [r for r in grid if r["labels"] != "uniform"]
-    assert min(r["log_loss"] for r in retrieval_only if r["beta"] < 1) < min(
-        r["log_loss"] for r in retrieval_only if r["beta"] == 1)  # log-loss alone would have taken the noise
+    assert min(r["raw_log_loss"] for r in retrieval_only if r["beta"] < 1) < min(
+        r["raw_log_loss"] for r in retrieval_only if r["beta"] == 1)  # raw log-loss would have taken the noise
     assert chosen["beta"] == 1.0 and chosen["labels"] == "teacher"
     chosen, _ = cv_select(sure, {("teacher", 8, 0.5, "store"): gold}, y)
     assert chosen["beta"] < 1.0
+
+
+def test_calibrated_log_loss_scores_ranking_not_confidence():
+    """Fold students are overconfident: a sharp retrieval vote that gets more answers right can have the worse raw
+    log-loss (its errors are sure too); after each setting's own temperature, the better-ranking setting wins."""
+    from retrikt.student.selection import calibrated_log_loss, cv_select, pick_by_raw_log_loss
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    sure = np.where(np.eye(2)[y] > 0, 0.999, 0.001)
+    sure[:120] = sure[:120, ::-1]  # 70% right, always sure
+    soft = np.where(np.eye(2)[y] > 0, 0.6, 0.4)
+    soft[:80] = soft[:80, ::-1]  # 80% right, never sure
+    raw = lambda m: float(-np.log(m[np.arange(len(y)), y]).mean())
+    assert raw(soft) < raw(sure)
+    ll_sure, t_sure = calibrated_log_loss(sure, y)
+    assert t_sure > 1 and ll_sure < raw(sure)  # the overconfident student is flattened
+    ll_soft, t_soft = calibrated_log_loss(soft, y)
+    assert t_soft < 1 and ll_soft < ll_sure  # the unsure one sharpened, and it ranks better
+    # the argmax, so every prediction, is the mixture's whatever the temperature
+    vote = np.where(np.eye(2)[y] > 0, 0.9, 0.1)
+    vote[:40] = vote[:40, ::-1]  # a sharp vote, 90% right: retrieval that knows more than the student
+    chosen, grid = cv_select(sure, {("teacher", 8, 0.5, "store"): vote}, y)
+    assert chosen["beta"] < 1 and all({"raw_log_loss", "temperature"} <= set(r) for r in grid)
+    assert chosen["log_loss"] <= min(r["log_loss"] for r in grid if r["beta"] == 1.0) - 0.005
+    # the uncalibrated rule stays available (the ablation) and scores the raw loss
+    assert pick_by_raw_log_loss(grid)["log_loss"] == min(r["raw_log_loss"] for r in grid)
+    _, uncal = cv_select(sure, {("teacher", 8, 0.5, "store"): vote}, y, calibrate=False)
+    assert all(r["log_loss"] == r["raw_log_loss"] and r["temperature"] == 1.0 for r in uncal)
 
 
 def test_accuracy_rule_breaks_ties_towards_retrieval_as_the_old_rule_did():
@@ -314,4 +344,4 @@ def test_cv_with_fewer_examples_than_folds_uses_one_fold_per_example(tmp_path):
     train = [{"idx": 0, "sentence": "good film", "label": 1}, {"idx": 1, "sentence": "bad film", "label": 0},
              {"idx": 2, "sentence": "great movie", "label": 1}]
     _, extra = run_method(cfg, get_task("sst2"), train, seed=1)
-    assert extra["selection"]["method"] == "3-fold CV, log-loss" and extra["selection"]["n"] == 3
+    assert extra["selection"]["method"] == "3-fold CV, calibrated log-loss" and extra["selection"]["n"] == 3
