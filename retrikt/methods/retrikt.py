@@ -214,13 +214,16 @@ def train(cfg: Config, task, examples: list[dict], seed: int):
         select = _cross_validate if cfg.cv_folds >= 2 and len(copies) >= 2 else _holdout_select
         chosen = select(cfg, task, full_store, copies, emb, settings, seed)
     settings.labels = chosen.get("labels", "conditioned" if cfg.retrieval_labels == "conditioned" else "teacher")
-    for key in ("k", "beta", "tau", "keys"):
+    for key in ("k", "beta", "tau"):
         if key in chosen:
             setattr(settings, key, chosen[key])
-    # k, beta and tau only act at inference, so the final student learns from every labelled example
+    # k, beta, tau and the searched key space only act at inference, so the final student learns from every labelled
+    # example, trained towards the same key space as the fold students the CV scored (the searched one is set after:
+    # a student trained towards the teacher's keys can also search its own)
     for e in copies:
         e.pop("nbr_ids", None), e.pop("nbr_sims", None), e.pop("tkey", None)
     model, store, losses, facts = _fit(cfg, task, full_store, copies, emb, settings, seed)
+    model.settings.keys = chosen.get("keys", settings.keys)
     model.variants = _variants(chosen)
     return model, {**facts, "store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
                    **provenance, "retrieval": dict(settings.__dict__), "selection": chosen, "refit": True,

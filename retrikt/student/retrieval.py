@@ -72,6 +72,7 @@ class RetrievalStudent(nn.Module):
         super().__init__()
         self.base, self.store, self.settings, self.use_retrieval = base, store, settings, use_retrieval
         self.task = base.task
+        self.trained_keys = settings.keys  # the space the projection learnt; settings.keys may later search another
         self.teacher_keys = None  # keys = teacher: the labeller's states beside the store (given, or loaded here)
         if settings.keys == "teacher":
             from retrikt.store.teacher_keys import load_teacher_keys
@@ -176,7 +177,8 @@ class RetrievalStudent(nn.Module):
             atomic_write_json(folder / "memory.json", {"embedder": self.store.manifest["embedder"],
                                                        "entries": entries})
         atomic_write_json(folder / "retrieval.json", {
-            "settings": self.settings.__dict__, "use_retrieval": self.use_retrieval, "memory_rows": extra,
+            "settings": self.settings.__dict__, "trained_keys": self.trained_keys, "use_retrieval": self.use_retrieval,
+            "memory_rows": extra,
             "store": str(Path(on_disk.folder).resolve()) if on_disk is not None else None,
             "store_checksum": on_disk.checksum if on_disk is not None else None})
 
@@ -312,9 +314,12 @@ def load_retrieval_student(folder: str | Path, task, base: str, store_path: str 
                                "(a different or rebuilt store)")
     if info.get("memory_rows"):
         store = _with_memory(folder, store, info["memory_rows"])
-    model = RetrievalStudent(load_student(folder, task, base=base), store, RetrievalSettings(**info["settings"]),
+    settings = RetrievalSettings(**info["settings"])
+    searched, settings.keys = settings.keys, info.get("trained_keys", settings.keys)  # rebuild the projection it learnt
+    model = RetrievalStudent(load_student(folder, task, base=base), store, settings,
                              use_retrieval=info["use_retrieval"])
     model.proj.load_state_dict(load_file(str(folder / "proj.safetensors")))
+    model.settings.keys = searched
     return model
 
 

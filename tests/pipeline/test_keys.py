@@ -94,3 +94,30 @@ def test_auto_keys_train_towards_valid_teacher_keys_and_fall_back_to_the_stores_
     assert "another version of this store" in caplog.text
     (store.folder / KEYS_FILE).unlink(), meta_path.unlink()
     assert trained_keys(cfg, store) == "store"
+
+
+def test_a_student_trained_towards_teacher_keys_may_search_its_own(keyed, tmp_path, monkeypatch):
+    """When the CV picks the student's own keys, the final student is still trained towards the teacher's (as the
+    fold students it scored were), searches its own, scores every variant, and reloads so."""
+    import retrikt.methods.retrikt as rk
+    from retrikt.eval.harness import evaluate_variants
+    from retrikt.methods import TrainConfig, run_method
+    from retrikt.student.retrieval import load_retrieval_student
+    store, _ = keyed
+    real = rk._cross_validate
+
+    def pick_student_keys(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out | {"keys": "student", "beta": 0.5, "k": 2}
+    monkeypatch.setattr(rk, "_cross_validate", pick_student_keys)
+    cfg = TrainConfig(task="sst2", method="retrikt", student="tiny-encoder", store=str(store.folder), epochs=1)
+    model, extra = run_method(cfg, get_task("sst2"), [dict(e) for e in KSHOT], seed=1)
+    assert model.trained_keys == "teacher" and model.settings.keys == "student" == extra["retrieval"]["keys"]
+    assert model.proj.out_features == model.teacher_keys.dim
+    scored = evaluate_variants(model, get_task("sst2"), EX)
+    assert {"keys teacher", "keys student"} <= set(scored) and model.settings.keys == "student"
+    p = model.predict_proba(EX)
+    model.save(tmp_path / "student", meta={"base": "tiny-encoder"})
+    again = load_retrieval_student(tmp_path / "student", get_task("sst2"), base="tiny-encoder")
+    assert again.settings.keys == "student" and again.trained_keys == "teacher"
+    np.testing.assert_allclose(again.predict_proba(EX), p, atol=1e-5)
