@@ -1,0 +1,81 @@
+"""The settings-selection study: each retrikt student under the chosen (calibrated CV) setting beside the same
+student under the other rules it was also scored with (variants), and kd / fine-tune on the same stores.
+
+    python -m benchmarks.selection_table --runs benchmarks/results/selection-calibrated/runs
+
+``RUNS/<slice>/`` holds ``retrikt.train`` / ``retrikt.compare`` result JSONs (one slice per store recipe). Writes
+benchmarks/results/selection_calibrated.{json,md}.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrikt.config import arg, parse_config
+from retrikt.eval import load_results
+from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
+
+from benchmarks.common import RESULTS
+
+VARIANTS = ("no retrieval at inference", "uncalibrated log-loss (session-8 rule)", "accuracy rule (old criterion)")
+
+
+@dataclass
+class SelectionTable:
+    runs: str = arg("benchmarks/results/selection-calibrated/runs", help="folder of <slice>/ result folders")
+    name: str = arg("selection_calibrated", help="results file stem")
+
+
+def _cell(values: dict[int, float], seeds: list[int]) -> list[str]:
+    cells = [f"{100 * values[s]:.1f}" if s in values else "–" for s in seeds]
+    have = [values[s] for s in seeds if s in values]
+    mean = f"{100 * np.mean(have):.1f}" + (f" ± {100 * np.std(have, ddof=1):.1f}" if len(have) > 1 else "") if have else "–"
+    return cells + [mean + (f" (n = {len(have)} seeds)" if 0 < len(have) < len(seeds) else "")]
+
+
+def slice_rows(folder: Path, seeds: list[int]) -> tuple[list[tuple[str, dict]], list[str]]:
+    runs = load_results(folder)
+    rows, chosen = [], []
+    for method in ("finetune", "kd"):
+        vals = {r["seed"]: r["main"] for r in runs if r["method"] == method}
+        if vals:
+            rows.append((method, vals))
+    rk = {r["seed"]: r for r in runs if r["method"] == "retrikt"}
+    if rk:
+        rows.append(("retrikt, chosen setting", {s: r["main"] for s, r in rk.items()}))
+        for v in VARIANTS:
+            vals = {s: r["variants"][v]["main"] for s, r in rk.items() if v in r.get("variants", {})}
+            if vals:
+                rows.append((f"retrikt, {v}", vals))
+        for s, r in sorted(rk.items()):
+            sel, ret = r.get("selection", {}), r["retrieval"]
+            share = max(Counter(p["pred"] for p in r["predictions"]).values()) / len(r["predictions"])
+            chosen.append(f"seed {s}: {sel.get('method', '?')}: keys {ret['keys']}, β {ret['beta']}, k {ret['k']}, "
+                          f"τ {ret['tau']}; {r['store_entries']} store entries; one class {100 * share:.0f}%")
+    return rows, chosen
+
+
+def main(argv=None) -> None:
+    cfg = parse_config(SelectionTable, argv, description=__doc__)
+    seeds = [1, 2, 3]
+    md, out = ["# Settings selection: calibrated CV vs the older rules, on the same students", ""], {}
+    for folder in sorted(p for p in Path(cfg.runs).iterdir() if p.is_dir()):
+        rows, chosen = slice_rows(folder, seeds)
+        out[folder.name] = {"rows": {name: vals for name, vals in rows}, "chosen": chosen}
+        md += [f"## {folder.name}", "", "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+               "|---|" + "---:|" * (len(seeds) + 1)]
+        md += ["| " + " | ".join([name] + _cell(vals, seeds)) + " |" for name, vals in rows]
+        md += [""] + [f"- {c}" for c in chosen] + [""]
+    meta = run_metadata(config=asdict(cfg), seeds=seeds)
+    atomic_write_json(RESULTS / f"{cfg.name}.json", {**meta, "slices": out})
+    md.append(f"Variants are the same trained student scored under another rule's setting (never chosen on validation). "
+              f"Regenerate: `python -m benchmarks.selection_table --runs {cfg.runs}`; commit `{meta['git_commit']}`.")
+    atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+import json
+
+from benchmarks.selection_table import slice_rows
+
+
+def _run(folder, method, seed, main, **extra):
+    r = {"task": "sst2", "method": method, "seed": seed, "main": main, **extra}
+    (folder / f"sst2__{method}__s{seed}.json").write_text(json.dumps(r))
+
+
+def test_each_retrikt_student_is_shown_under_every_rule_it_was_scored_with(tmp_path):
+    for s, (kd, chosen, alone) in enumerate([(0.70, 0.75, 0.72), (0.66, 0.71, 0.70)], start=1):
+        _run(tmp_path, "kd", s, kd)
+        _run(tmp_path, "retrikt", s, chosen, store_entries=85,
+             retrieval={"keys": "teacher", "beta": 0.5, "k": 4, "tau": 0.5},
+             selection={"method": "4-fold CV, calibrated log-loss"},
+             variants={"no retrieval at inference": {"main": alone}},
+             predictions=[{"pred": 1}, {"pred": 1}, {"pred": 0}, {"pred": 1}])
+    rows, chosen = slice_rows(tmp_path, [1, 2, 3])
+    table = dict(rows)
+    assert table["kd"] == {1: 0.70, 2: 0.66}
+    assert table["retrikt, chosen setting"] == {1: 0.75, 2: 0.71}
+    assert table["retrikt, no retrieval at inference"] == {1: 0.72, 2: 0.70}
+    assert "retrikt, accuracy rule (old criterion)" not in table  # a rule the runs were not scored with: no row
+    assert chosen[0].startswith("seed 1: 4-fold CV, calibrated log-loss: keys teacher, β 0.5, k 4")
+    assert chosen[0].endswith("one class 75%")
