@@ -45,8 +45,8 @@ class Config(kd.Config):
     rel_tau: float = arg(0.1, help="retrikt: temperature of the relational loss' similarity distributions")
     select_settings: bool = arg(True, help="retrikt: choose k, beta, tau on the k-shot set (never on validation)")
     cv_folds: int = arg(4, help="retrikt: choose k, beta, tau by this many folds of cross-validation over the whole "
-                                "k-shot set, scored by log-loss, ties to the student's own prediction; < 2 = the old "
-                                "rule (accuracy on a quarter held out)")
+                                "k-shot set, scored by log-loss (see --cv-calibrate), ties to the student's own "
+                                "prediction; < 2 = the old rule (accuracy on a quarter held out)")
     cv_calibrate: bool = arg(True, help="retrikt: score each CV setting by its log-loss after a temperature fitted to "
                                         "its out-of-fold predictions (how well it ranks the answers, not how "
                                         "confident it is); false = the raw log-loss")
