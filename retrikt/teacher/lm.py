@@ -161,8 +161,7 @@ class LMClassifier(nn.Module):
         if not self._prefix_ids:
             return None
         ids = torch.tensor([self._prefix_ids], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True)
-        return getattr(out, "cache", None) or out.past_key_values
+        return _output_cache(self.model(input_ids=ids, use_cache=True))
 
     def label_prior(self) -> np.ndarray:
         """The label distribution the LM gives content-free inputs (with the same demonstrations): its bias.
@@ -291,6 +290,12 @@ def _cache_kwarg(model) -> str:
     import inspect
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _output_cache(out):
+    """The KV cache a forward pass returned, under the name this transformers version gives it (see _cache_kwarg)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _expand_cache(past, batch: int):

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from retrikt.teacher.lm import _cache_kwarg
+from retrikt.teacher.lm import _cache_kwarg, _output_cache
 
 
 def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -49,7 +49,7 @@ def _prefill(model, emb: torch.Tensor, mask: torch.Tensor, groups: list[int] | N
     u_mask = mask[uniq]
     pos = (u_mask.cumsum(1) - 1).clamp(min=0)
     out = model(inputs_embeds=emb[uniq], attention_mask=u_mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "cache", None) or out.past_key_values
+    cache = _output_cache(out)
     if len(uniq) != len(groups):
         cache.batch_select_indices(expand)
     return cache, out.logits[:, -1][expand], u_mask[expand], pos[:, -1][expand] + 1
@@ -86,6 +86,6 @@ def sample(model, emb: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int,
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
         step = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos[:, None], use_cache=True,
                      **{cache_kw: cache})
-        cache = getattr(step, "cache", None) or step.past_key_values
+        cache = _output_cache(step)
         logits, pos = step.logits[:, -1], pos + 1
     return out[:, :steps]
