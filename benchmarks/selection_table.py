@@ -20,13 +20,17 @@ from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 
 from benchmarks.common import RESULTS
 
-VARIANTS = ("no retrieval at inference", "uncalibrated log-loss (session-8 rule)", "accuracy rule (old criterion)")
+VARIANTS = ("no retrieval at inference", "keys store", "keys student", "keys teacher",
+            "uncalibrated log-loss (session-8 rule)", "accuracy rule (old criterion)")
+NO_RELATIONAL = "retrikt, no relational loss (trained apart)"
 
 
 @dataclass
 class SelectionTable:
     runs: str = arg("benchmarks/results/selection-calibrated/runs", help="folder of <slice>/ result folders")
     name: str = arg("selection_calibrated", help="results file stem")
+    title: str = arg("Settings selection: calibrated CV vs the older rules, on the same students",
+                     help="heading of the Markdown table")
 
 
 def _cell(values: dict[int, float], seeds: list[int]) -> list[str]:
@@ -43,13 +47,17 @@ def slice_rows(folder: Path, seeds: list[int]) -> tuple[list[tuple[str, dict]], 
         vals = {r["seed"]: r["main"] for r in runs if r["method"] == method}
         if vals:
             rows.append((method, vals))
-    rk = {r["seed"]: r for r in runs if r["method"] == "retrikt"}
+    rk = {r["seed"]: r for r in runs if r["method"] == "retrikt" and not r.get("config", {}).get("no_relational")}
+    norel = {r["seed"]: r["main"] for r in runs
+             if r["method"] == "retrikt" and r.get("config", {}).get("no_relational")}
     if rk:
         rows.append(("retrikt, chosen setting", {s: r["main"] for s, r in rk.items()}))
         for v in VARIANTS:
             vals = {s: r["variants"][v]["main"] for s, r in rk.items() if v in r.get("variants", {})}
             if vals:
                 rows.append((f"retrikt, {v}", vals))
+        if norel:
+            rows.append((NO_RELATIONAL, norel))
         for s, r in sorted(rk.items()):
             sel, ret = r.get("selection", {}), r["retrieval"]
             share = max(Counter(p["pred"] for p in r["predictions"]).values()) / len(r["predictions"])
@@ -61,7 +69,7 @@ def slice_rows(folder: Path, seeds: list[int]) -> tuple[list[tuple[str, dict]], 
 def main(argv=None) -> None:
     cfg = parse_config(SelectionTable, argv, description=__doc__)
     seeds = [1, 2, 3]
-    md, out = ["# Settings selection: calibrated CV vs the older rules, on the same students", ""], {}
+    md, out = [f"# {cfg.title}", ""], {}
     for folder in sorted(p for p in Path(cfg.runs).iterdir() if p.is_dir()):
         rows, chosen = slice_rows(folder, seeds)
         out[folder.name] = {"rows": {name: vals for name, vals in rows}, "chosen": chosen}
@@ -72,7 +80,7 @@ def main(argv=None) -> None:
     meta = run_metadata(config=asdict(cfg), seeds=seeds)
     atomic_write_json(RESULTS / f"{cfg.name}.json", {**meta, "slices": out})
     md.append(f"Variants are the same trained student scored under another rule's setting (never chosen on validation). "
-              f"Regenerate: `python -m benchmarks.selection_table --runs {cfg.runs}`; commit `{meta['git_commit']}`.")
+              f"Regenerate: `python -m benchmarks.selection_table --runs {cfg.runs} --name {cfg.name}`; commit `{meta['git_commit']}`.")
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(md) + "\n")
     print("\n".join(md))
 

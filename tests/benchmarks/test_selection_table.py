@@ -24,3 +24,16 @@ def test_each_retrikt_student_is_shown_under_every_rule_it_was_scored_with(tmp_p
     assert "retrikt, accuracy rule (old criterion)" not in table  # a rule the runs were not scored with: no row
     assert chosen[0].startswith("seed 1: 4-fold CV, calibrated log-loss: keys teacher, β 0.5, k 4")
     assert chosen[0].endswith("one class 75%")
+
+
+def test_a_student_trained_without_the_relational_loss_is_its_own_row_not_the_chosen_one(tmp_path):
+    base = dict(store_entries=85, retrieval={"keys": "store", "beta": 1.0, "k": 8, "tau": 0.5},
+                selection={"method": "cv"}, predictions=[{"pred": 0}, {"pred": 1}])
+    _run(tmp_path, "retrikt", 1, 0.75, config={"no_relational": False},
+         variants={"keys student": {"main": 0.74}}, **base)
+    (tmp_path / "sst2__retrikt-norel__s1.json").write_text(json.dumps(
+        {"task": "sst2", "method": "retrikt", "seed": 1, "main": 0.70, "config": {"no_relational": True}, **base}))
+    table = dict(slice_rows(tmp_path, [1, 2, 3])[0])
+    assert table["retrikt, chosen setting"] == {1: 0.75}
+    assert table["retrikt, keys student"] == {1: 0.74}
+    assert table["retrikt, no relational loss (trained apart)"] == {1: 0.70}
