@@ -4,10 +4,16 @@ student under the other rules it was also scored with (variants), and kd / fine-
     python -m benchmarks.selection_table --runs benchmarks/results/selection-calibrated/runs
 
 ``RUNS/<slice>/`` holds ``retrikt.train`` / ``retrikt.compare`` result JSONs (one slice per store recipe). Writes
-benchmarks/results/selection_calibrated.{json,md}.
+benchmarks/results/selection_calibrated.{json,md}. With ``--tasks``, the slices are those tasks of one runs folder
+(a compare grid) and of ``--extra`` folders (students trained apart, e.g. without the relational loss): the ablation
+table,
+
+    python -m benchmarks.selection_table --runs benchmarks/results/grid/runs --tasks sst2 rte \
+        --extra benchmarks/results/ablations/runs --name ablations --title "Ablations of the retrieval student"
 """
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +37,8 @@ class SelectionTable:
     name: str = arg("selection_calibrated", help="results file stem")
     title: str = arg("Settings selection: calibrated CV vs the older rules, on the same students",
                      help="heading of the Markdown table")
+    tasks: list[str] = arg([], help="slice one runs folder by task instead of by sub-folder (empty: sub-folders)")
+    extra: list[str] = arg([], help="with --tasks: more runs folders whose results join their task's slice")
 
 
 def _cell(values: dict[int, float], seeds: list[int]) -> list[str]:
@@ -40,8 +48,7 @@ def _cell(values: dict[int, float], seeds: list[int]) -> list[str]:
     return cells + [mean + (f" (n = {len(have)} seeds)" if 0 < len(have) < len(seeds) else "")]
 
 
-def slice_rows(folder: Path, seeds: list[int]) -> tuple[list[tuple[str, dict]], list[str]]:
-    runs = load_results(folder)
+def slice_rows(runs: list[dict], seeds: list[int]) -> tuple[list[tuple[str, dict]], list[str]]:
     rows, chosen = [], []
     for method in ("finetune", "kd"):
         vals = {r["seed"]: r["main"] for r in runs if r["method"] == method}
@@ -66,21 +73,29 @@ def slice_rows(folder: Path, seeds: list[int]) -> tuple[list[tuple[str, dict]], 
     return rows, chosen
 
 
+def slices(cfg: SelectionTable) -> list[tuple[str, list[dict]]]:
+    if not cfg.tasks:
+        return [(p.name, load_results(p)) for p in sorted(Path(cfg.runs).iterdir()) if p.is_dir()]
+    runs = load_results(cfg.runs) + [r for folder in cfg.extra for r in load_results(folder)]
+    return [(t, [r for r in runs if r["task"] == t]) for t in cfg.tasks]
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(SelectionTable, argv, description=__doc__)
     seeds = [1, 2, 3]
     md, out = [f"# {cfg.title}", ""], {}
-    for folder in sorted(p for p in Path(cfg.runs).iterdir() if p.is_dir()):
-        rows, chosen = slice_rows(folder, seeds)
-        out[folder.name] = {"rows": {name: vals for name, vals in rows}, "chosen": chosen}
-        md += [f"## {folder.name}", "", "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+    for name, runs in slices(cfg):
+        rows, chosen = slice_rows(runs, seeds)
+        out[name] = {"rows": {row: vals for row, vals in rows}, "chosen": chosen}
+        md += [f"## {name}", "", "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
                "|---|" + "---:|" * (len(seeds) + 1)]
-        md += ["| " + " | ".join([name] + _cell(vals, seeds)) + " |" for name, vals in rows]
+        md += ["| " + " | ".join([row] + _cell(vals, seeds)) + " |" for row, vals in rows]
         md += [""] + [f"- {c}" for c in chosen] + [""]
     meta = run_metadata(config=asdict(cfg), seeds=seeds)
     atomic_write_json(RESULTS / f"{cfg.name}.json", {**meta, "slices": out})
     md.append(f"Variants are the same trained student scored under another rule's setting (never chosen on validation). "
-              f"Regenerate: `python -m benchmarks.selection_table --runs {cfg.runs} --name {cfg.name}`; commit `{meta['git_commit']}`.")
+              f"Regenerate: `python -m benchmarks.selection_table {' '.join(argv)}`; commit `{meta['git_commit']}`.")
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -1,6 +1,7 @@
 import json
 
-from benchmarks.selection_table import slice_rows
+from benchmarks.selection_table import SelectionTable, slice_rows, slices
+from retrikt.eval import load_results
 
 
 def _run(folder, method, seed, main, **extra):
@@ -16,7 +17,7 @@ def test_each_retrikt_student_is_shown_under_every_rule_it_was_scored_with(tmp_p
              selection={"method": "4-fold CV, calibrated log-loss"},
              variants={"no retrieval at inference": {"main": alone}},
              predictions=[{"pred": 1}, {"pred": 1}, {"pred": 0}, {"pred": 1}])
-    rows, chosen = slice_rows(tmp_path, [1, 2, 3])
+    rows, chosen = slice_rows(load_results(tmp_path), [1, 2, 3])
     table = dict(rows)
     assert table["kd"] == {1: 0.70, 2: 0.66}
     assert table["retrikt, chosen setting"] == {1: 0.75, 2: 0.71}
@@ -33,7 +34,26 @@ def test_a_student_trained_without_the_relational_loss_is_its_own_row_not_the_ch
          variants={"keys student": {"main": 0.74}}, **base)
     (tmp_path / "sst2__retrikt-norel__s1.json").write_text(json.dumps(
         {"task": "sst2", "method": "retrikt", "seed": 1, "main": 0.70, "config": {"no_relational": True}, **base}))
-    table = dict(slice_rows(tmp_path, [1, 2, 3])[0])
+    table = dict(slice_rows(load_results(tmp_path), [1, 2, 3])[0])
     assert table["retrikt, chosen setting"] == {1: 0.75}
     assert table["retrikt, keys student"] == {1: 0.74}
     assert table["retrikt, no relational loss (trained apart)"] == {1: 0.70}
+
+
+def test_slicing_by_task_joins_the_students_trained_apart(tmp_path):
+    grid, extra = tmp_path / "grid", tmp_path / "extra"
+    grid.mkdir(), extra.mkdir()
+    for task in ("sst2", "rte"):
+        (grid / f"{task}__kd__s1.json").write_text(json.dumps({"task": task, "method": "kd", "seed": 1, "main": 0.6}))
+    (extra / "rte__retrikt__s1.json").write_text(json.dumps({"task": "rte", "method": "retrikt", "seed": 1,
+                                                              "main": 0.5, "config": {"no_relational": True}}))
+    got = dict(slices(SelectionTable(runs=str(grid), tasks=["sst2", "rte"], extra=[str(extra)])))
+    assert [r["method"] for r in got["sst2"]] == ["kd"]
+    assert sorted(r["method"] for r in got["rte"]) == ["kd", "retrikt"]
+
+
+def test_by_default_each_sub_folder_is_a_slice(tmp_path):
+    for name in ("demo", "sst2-1k"):
+        (tmp_path / name).mkdir()
+        _run(tmp_path / name, "kd", 1, 0.7)
+    assert [name for name, _ in slices(SelectionTable(runs=str(tmp_path)))] == ["demo", "sst2-1k"]
