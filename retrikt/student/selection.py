@@ -75,7 +75,10 @@ def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float 
     scored after its own temperature (``calibrate``; ``raw_log_loss`` keeps the uncalibrated score), the grid also
     holds the student smoothed towards the uniform distribution (labels ``uniform``; its argmax is the student's),
     and retrieval is chosen only where it beats both by more than ``tol`` nats; among such settings the one that
-    trusts the student most wins (largest β, then k, then τ)."""
+    trusts the student most wins (largest β, then k, then τ). A setting whose out-of-fold predictions are all one
+    class (``one_class``) is not chosen while another is not: the temperature rescales but never shifts the
+    decision, so a vote that ranks well yet never crosses it (a store voting its majority label everywhere) wins
+    the log-loss and scores only the majority class (MCC 0)."""
     y = np.asarray(labels, dtype=int)
     rows = []
     uniform = np.full_like(p, 1.0 / p.shape[1])
@@ -84,16 +87,21 @@ def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float 
             mix = beta * p + (1 - beta) * r
             raw = float(-np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0)).mean())
             ll, temp = calibrated_log_loss(mix, y) if calibrate else (raw, 1.0)
-            acc = float((mix.argmax(1) == y).mean())
+            pred = mix.argmax(1)
+            acc = float((pred == y).mean())
             rows.append({"labels": name, "k": k, "beta": beta, "tau": tau, "keys": keys, "log_loss": ll,
-                         "raw_log_loss": raw, "temperature": round(temp, 4), "accuracy": round(acc, 5)})
+                         "raw_log_loss": raw, "temperature": round(temp, 4), "accuracy": round(acc, 5),
+                         "one_class": bool(len(np.unique(pred)) == 1 < len(np.unique(y)))})
     return pick_setting(rows, tol), rows
 
 
-def pick_setting(rows: list[dict], tol: float = 0.005) -> dict:
+def pick_setting(rows: list[dict], tol: float = 0.005, guard: bool = True) -> dict:
     """The setting cv_select chooses among ``rows`` (every setting's out-of-fold log-loss): the student alone
     (β = 1) when it, or the student smoothed towards uniform, is within ``tol`` nats of the best; else, within
-    ``tol`` of the best, the largest β, then k, then τ."""
+    ``tol`` of the best, the largest β, then k, then τ. ``guard``: only among the settings that do not predict one
+    class for every out-of-fold example, where any do not (rows of older runs carry no flag: all are kept)."""
+    if guard:
+        rows = [r for r in rows if not r.get("one_class")] or rows
     best = min(r["log_loss"] for r in rows)
     near = [r for r in rows if r["log_loss"] <= best + tol]
     alone = [r for r in rows if r["beta"] >= 1 and r["labels"] != "uniform"]
@@ -113,8 +121,8 @@ def pick_by_accuracy(rows: list[dict]) -> dict:
 
 def pick_by_raw_log_loss(rows: list[dict], tol: float = 0.005) -> dict:
     """The session-8 rule on the same out-of-fold predictions, for the ablation: :func:`pick_setting` on the
-    uncalibrated log-loss."""
-    return pick_setting([r | {"log_loss": r["raw_log_loss"]} for r in rows if "raw_log_loss" in r], tol)
+    uncalibrated log-loss (and without the one-class guard, which it predates)."""
+    return pick_setting([r | {"log_loss": r["raw_log_loss"]} for r in rows if "raw_log_loss" in r], tol, guard=False)
 
 
 def beta_curve(rows: list[dict], smoothing: bool = False) -> dict:

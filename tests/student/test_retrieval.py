@@ -310,6 +310,25 @@ def test_calibrated_log_loss_scores_ranking_not_confidence():
     assert all(r["log_loss"] == r["raw_log_loss"] and r["temperature"] == 1.0 for r in uncal)
 
 
+def test_cv_selection_never_picks_a_setting_that_predicts_one_class_everywhere():
+    """A store that votes its majority label everywhere, more surely where that label is right, ranks the answers
+    well (low calibrated log-loss) but its argmax is one class: MCC 0 (CoLA, session 11, seeds 1-2). The guard
+    keeps the choice among settings whose out-of-fold predictions hold more than one class."""
+    from retrikt.student.selection import cv_select, pick_setting
+    rng = np.random.default_rng(2)
+    y = (rng.random(300) < 0.7).astype(int)
+    vote = np.stack([np.where(y == 1, 0.1, 0.35), np.where(y == 1, 0.9, 0.65)], 1)  # class 1 always, ranks well
+    p = np.eye(2)[rng.integers(0, 2, len(y))] * 0.2 + 0.4  # a student that knows nothing: both classes, unsure
+    chosen, grid = cv_select(p, {("teacher", 8, 0.5, "store"): vote}, y)
+    unguarded = pick_setting(grid, guard=False)
+    assert unguarded["one_class"] and unguarded["beta"] == 0.0  # what the log-loss alone would pick
+    assert not chosen["one_class"] and len(np.unique((chosen["beta"] * p + (1 - chosen["beta"]) * vote).argmax(1))) == 2
+    # where every setting predicts one class (a degenerate fold), the guard keeps them all rather than fail
+    flat = np.tile([0.3, 0.7], (len(y), 1))
+    chosen, grid = cv_select(flat, {("teacher", 8, 0.5, "store"): vote}, y)
+    assert all(r["one_class"] for r in grid) and chosen
+
+
 def test_accuracy_rule_breaks_ties_towards_retrieval_as_the_old_rule_did():
     from retrikt.student.selection import cv_select, pick_by_accuracy
     y = np.array([0, 1, 0, 1])
