@@ -13,6 +13,7 @@ table,
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -95,7 +96,7 @@ def main(argv=None) -> None:
     meta = run_metadata(config=asdict(cfg), seeds=seeds)
     atomic_write_json(RESULTS / f"{cfg.name}.json", {**meta, "slices": out})
     md.append(f"Variants are the same trained student scored under another rule's setting (never chosen on validation). "
-              f"Regenerate: `python -m benchmarks.selection_table {' '.join(argv)}`; commit `{meta['git_commit']}`.")
+              f"Regenerate: `python -m benchmarks.selection_table {shlex.join(argv)}`; commit `{meta['git_commit']}`.")
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(md) + "\n")
     print("\n".join(md))
 
