@@ -28,7 +28,8 @@ from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from benchmarks.common import RESULTS
 
 VARIANTS = ("no retrieval at inference", "keys store", "keys student", "keys teacher",
-            "uncalibrated log-loss (session-8 rule)", "accuracy rule (old criterion)")
+            "no SE margin (session-11 rule)", "uncalibrated log-loss (session-8 rule)",
+            "accuracy rule (old criterion)")
 NO_RELATIONAL = "retrikt, no relational loss (trained apart)"
 
 

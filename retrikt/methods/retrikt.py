@@ -50,6 +50,10 @@ class Config(kd.Config):
     cv_calibrate: bool = arg(True, help="retrikt: score each CV setting by its log-loss after a temperature fitted to "
                                         "its out-of-fold predictions (how well it ranks the answers, not how "
                                         "confident it is); false = the raw log-loss")
+    cv_se_margin: float = arg(1.0, help="retrikt: retrieval is chosen only where its out-of-fold log-loss beats the "
+                                        "student alone by more than this many standard errors of the paired "
+                                        "per-example differences (the one-standard-error rule); 0 = the "
+                                        "session-11 rule (a 0.005-nat margin)")
     no_retrieval: bool = arg(False, help="retrikt ablation: no retrieval at inference (store as training data only)")
     no_relational: bool = arg(False, help="retrikt ablation: no relational loss")
     retrieve_from: str = arg("store", help="retrikt: what the student retrieves from: store | both (the store plus "
@@ -158,10 +162,12 @@ def _cross_validate(cfg: Config, task, store, examples: list[dict], emb: np.ndar
         for key, r in ret.items():
             ret_all.setdefault(key, []).append(r)
     chosen, grid = cv_select(np.concatenate(p_all), {k: np.concatenate(v) for k, v in ret_all.items()}, y,
-                             calibrate=cfg.cv_calibrate)
+                             calibrate=cfg.cv_calibrate, se_margin=cfg.cv_se_margin)
     how = "calibrated log-loss" if cfg.cv_calibrate else "log-loss"
+    if cfg.cv_se_margin > 0:
+        how += f", {cfg.cv_se_margin:g}-SE margin"
     return chosen | {"method": f"{len(folds)}-fold CV, {how}", "calibrated": cfg.cv_calibrate, "n": len(y),
-                     "beta_curve": beta_curve(grid),
+                     "se_margin": cfg.cv_se_margin, "beta_curve": beta_curve(grid),
                      "smoothing_curve": beta_curve(grid, smoothing=True),
                      "grid": grid}
 
@@ -178,7 +184,7 @@ def _holdout_select(cfg: Config, task, store, copies: list[dict], emb: np.ndarra
     return choose_settings(model, dev, grid_labels=grid_labels) | {"method": "holdout accuracy"}
 
 
-SCORES = ("log_loss", "raw_log_loss", "temperature", "accuracy", "one_class")  # a grid row's scores, not settings
+SCORES = ("log_loss", "raw_log_loss", "temperature", "accuracy", "one_class", "losses")  # a grid row's scores, not settings
 
 
 def _variants(chosen: dict) -> dict[str, dict]:
@@ -195,9 +201,12 @@ def _variants(chosen: dict) -> dict[str, dict]:
         out["accuracy rule (old criterion)"] = settings_of(pick_by_accuracy(grid))
     if any("raw_log_loss" in r for r in grid) and chosen.get("calibrated"):
         out["uncalibrated log-loss (session-8 rule)"] = settings_of(pick_by_raw_log_loss(grid))
+    margin = chosen.get("se_margin", 0.0)
+    if margin and any("losses" in r for r in grid):
+        out["no SE margin (session-11 rule)"] = settings_of(pick_setting(grid))
     for keys in sorted({r.get("keys", "store") for r in grid} - {"none"}):
         rows = [r for r in grid if r.get("keys", "store") in (keys, "none")]  # "none": the smoothed student
-        out[f"keys {keys}"] = settings_of(pick_setting(rows))
+        out[f"keys {keys}"] = settings_of(pick_setting(rows, se_margin=margin))
     return out
 
 

@@ -53,20 +53,24 @@ def retrieval_votes(model: RetrievalStudent, examples: list[dict], grid_labels=(
 TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
 
 
-def calibrated_log_loss(mix: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def calibrated_log_loss(mix: np.ndarray, y: np.ndarray, per_example: bool = False):
     """(log-loss of ``mix`` rescaled by the temperature that minimises it, that temperature): one scalar fitted on
     the same predictions, so what is scored is how well a setting ranks the answers, not how confident it is. The
-    argmax, and so every prediction, does not depend on the temperature."""
+    argmax, and so every prediction, does not depend on the temperature. ``per_example``: also each example's loss
+    at that temperature (what the standard-error margin of :func:`pick_setting` is computed from)."""
     z = np.log(np.clip(mix, 1e-6, 1.0))[None] / TEMPERATURES[:, None, None]  # [T, n, C]
     zmax = z.max(2, keepdims=True)
     lse = np.log(np.exp(z - zmax).sum(2)) + zmax[..., 0]
-    ll = (lse - z[:, np.arange(len(y)), y]).mean(1)
+    each = lse - z[:, np.arange(len(y)), y]  # [T, n]
+    ll = each.mean(1)
     i = int(np.argmin(ll))
+    if per_example:
+        return float(ll[i]), float(TEMPERATURES[i]), each[i]
     return float(ll[i]), float(TEMPERATURES[i])
 
 
 def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float = 0.005,
-              calibrate: bool = True) -> tuple[dict, list[dict]]:
+              calibrate: bool = True, se_margin: float = 1.0) -> tuple[dict, list[dict]]:
     """(chosen setting, every setting's log-loss) over out-of-fold predictions of the k-shot set.
 
     Log-loss, not accuracy: on 8 held-out examples accuracy moves in 12.5-point steps and ties are the rule. But raw
@@ -74,7 +78,7 @@ def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float 
     soft vote lowers it (smoothing) and a sharp vote that ranks the answers better raises it. So each setting is
     scored after its own temperature (``calibrate``; ``raw_log_loss`` keeps the uncalibrated score), the grid also
     holds the student smoothed towards the uniform distribution (labels ``uniform``; its argmax is the student's),
-    and retrieval is chosen only where it beats both by more than ``tol`` nats; among such settings the one that
+    and retrieval is chosen only where it beats both by more than ``tol`` nats and ``se_margin`` standard errors; among such settings the one that
     trusts the student most wins (largest β, then k, then τ). A setting whose out-of-fold predictions are all one
     class (``one_class``) is not chosen while another is not: the temperature rescales but never shifts the
     decision, so a vote that ranks well yet never crosses it (a store voting its majority label everywhere) wins
@@ -86,28 +90,43 @@ def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float 
         for beta in grid_beta:
             mix = beta * p + (1 - beta) * r
             raw = float(-np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0)).mean())
-            ll, temp = calibrated_log_loss(mix, y) if calibrate else (raw, 1.0)
+            each = -np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0))
+            ll, temp, each = calibrated_log_loss(mix, y, per_example=True) if calibrate else (raw, 1.0, each)
             pred = mix.argmax(1)
             acc = float((pred == y).mean())
             rows.append({"labels": name, "k": k, "beta": beta, "tau": tau, "keys": keys, "log_loss": ll,
                          "raw_log_loss": raw, "temperature": round(temp, 4), "accuracy": round(acc, 5),
-                         "one_class": bool(len(np.unique(pred)) == 1 < len(np.unique(y)))})
-    return pick_setting(rows, tol), rows
+                         "one_class": bool(len(np.unique(pred)) == 1 < len(np.unique(y))),
+                         "losses": [round(float(v), 5) for v in each]})
+    return pick_setting(rows, tol, se_margin=se_margin), rows
 
 
-def pick_setting(rows: list[dict], tol: float = 0.005, guard: bool = True) -> dict:
+def pick_setting(rows: list[dict], tol: float = 0.005, guard: bool = True, se_margin: float = 0.0) -> dict:
     """The setting cv_select chooses among ``rows`` (every setting's out-of-fold log-loss): the student alone
-    (β = 1) when it, or the student smoothed towards uniform, is within ``tol`` nats of the best; else, within
-    ``tol`` of the best, the largest β, then k, then τ. ``guard``: only among the settings that do not predict one
-    class for every out-of-fold example, where any do not (rows of older runs carry no flag: all are kept)."""
+    (β = 1) when it, or the student smoothed towards uniform, is near the best; else, among the settings near the
+    best, the largest β, then k, then τ. Near: within ``tol`` nats, or within ``se_margin`` standard errors of the
+    per-example loss differences to the best setting (rows carrying ``losses``), the one-standard-error rule: on
+    32 out-of-fold examples a setting that wins by less than its own noise is not evidence that retrieval helps.
+    ``guard``: only among the settings that do not predict one class for every out-of-fold example, where any do
+    not (rows of older runs carry no flag: all are kept)."""
     if guard:
         rows = [r for r in rows if not r.get("one_class")] or rows
-    best = min(r["log_loss"] for r in rows)
-    near = [r for r in rows if r["log_loss"] <= best + tol]
+    top = min(rows, key=lambda r: r["log_loss"])
+    near = [r for r in rows if r["log_loss"] <= top["log_loss"] + max(tol, se_margin * paired_se(r, top))]
     alone = [r for r in rows if r["beta"] >= 1 and r["labels"] != "uniform"]
     if alone and any(r["beta"] >= 1 or r["labels"] == "uniform" for r in near):
         return dict(max(alone, key=lambda r: (r["k"], r["tau"])))
     return dict(max(near, key=lambda r: (r["beta"], r["k"], r["tau"])))
+
+
+def paired_se(row: dict, top: dict) -> float:
+    """Standard error of the mean per-example loss difference between two settings scored on the same out-of-fold
+    examples (0 where either row predates per-example losses)."""
+    a, b = row.get("losses"), top.get("losses")
+    if not a or not b or len(a) != len(b) or len(a) < 2:
+        return 0.0
+    d = np.asarray(a) - np.asarray(b)
+    return float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def pick_by_accuracy(rows: list[dict]) -> dict:

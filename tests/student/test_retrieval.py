@@ -189,7 +189,9 @@ def test_retrikt_method_trains_selects_settings_and_honours_ablations(tmp_path, 
         from retrikt.eval.harness import evaluate_variants
         from retrikt.tasks import compute_metrics
         assert set(model.variant_settings()) == {"no retrieval at inference", "accuracy rule (old criterion)",
-                                                 "uncalibrated log-loss (session-8 rule)"} | {f"keys {k}" for k in keys}
+                                                 "uncalibrated log-loss (session-8 rule)",
+                                                 "no SE margin (session-11 rule)"} | {f"keys {k}" for k in keys}
+        assert extra["selection"]["se_margin"] == 1.0 and "SE margin" in extra["selection"]["method"]
         before = dict(model.settings.__dict__)
         scored = evaluate_variants(model, get_task("sst2"), EX)
         assert model.settings.__dict__ == before
@@ -363,4 +365,32 @@ def test_cv_with_fewer_examples_than_folds_uses_one_fold_per_example(tmp_path):
     train = [{"idx": 0, "sentence": "good film", "label": 1}, {"idx": 1, "sentence": "bad film", "label": 0},
              {"idx": 2, "sentence": "great movie", "label": 1}]
     _, extra = run_method(cfg, get_task("sst2"), train, seed=1)
-    assert extra["selection"]["method"] == "3-fold CV, calibrated log-loss" and extra["selection"]["n"] == 3
+    assert extra["selection"]["method"] == "3-fold CV, calibrated log-loss, 1-SE margin" and extra["selection"]["n"] == 3
+
+
+def test_cv_selection_needs_retrieval_to_win_by_more_than_its_noise_on_32_examples():
+    """The one-standard-error rule: on 32 out-of-fold examples, a vote that lowers the mean log-loss by less than
+    one standard error of the paired per-example differences is noise (CB seed 1, session 11: β = 0 won by 0.085
+    nats and lost 5.3 points to the student alone); a vote that knows the labels still wins."""
+    from retrikt.student.selection import cv_select, paired_se, pick_setting
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 32)
+    p = np.where(np.eye(2)[y] > 0, 0.65, 0.35)
+    p[:10] = p[:10, ::-1]  # a student 69% right
+    lucky = np.where(np.eye(2)[y] > 0, 0.6, 0.4)  # a vote no better than the student, a little luckier here
+    lucky[:8] = lucky[:8, ::-1]
+    lucky[rng.permutation(32)[:6]] = 0.5
+    ret = {("teacher", 8, 0.5, "store"): lucky}
+    chosen, grid = cv_select(p, ret, y)
+    margin_free = pick_setting(grid)  # the session-11 rule on the same record
+    top = min(grid, key=lambda r: r["log_loss"])
+    alone = next(r for r in grid if r["beta"] == 1.0 and r["labels"] == "teacher")
+    assert margin_free["beta"] < 1 and top["beta"] < 1  # the vote wins the log-loss by more than the tolerance ...
+    assert 0.005 < alone["log_loss"] - top["log_loss"] <= paired_se(alone, top)  # ... but within one SE
+    assert chosen["beta"] == 1.0 and len(grid[0]["losses"]) == 32
+    gold = np.eye(2)[y] * 0.8 + 0.1
+    chosen, grid = cv_select(p, {("teacher", 8, 0.5, "store"): gold}, y)
+    assert chosen["beta"] < 1.0
+    # rows recorded before per-example losses (no "losses") fall back to the tolerance alone
+    old = [{k: v for k, v in r.items() if k != "losses"} for r in cv_select(p, ret, y)[1]]
+    assert pick_setting(old, se_margin=1.0)["beta"] == margin_free["beta"]
