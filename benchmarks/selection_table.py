@@ -31,6 +31,7 @@ VARIANTS = ("no retrieval at inference", "keys store", "keys student", "keys tea
             "no SE margin (session-11 rule)", "uncalibrated log-loss (session-8 rule)",
             "accuracy rule (old criterion)")
 NO_RELATIONAL = "retrikt, no relational loss (trained apart)"
+NO_MARGIN = "no SE margin (session-11 rule)"
 
 
 @dataclass
@@ -63,6 +64,8 @@ def slice_rows(runs: list[dict], seeds: list[int]) -> tuple[list[tuple[str, dict
         rows.append(("retrikt, chosen setting", {s: r["main"] for s, r in rk.items()}))
         for v in VARIANTS:
             vals = {s: r["variants"][v]["main"] for s, r in rk.items() if v in r.get("variants", {})}
+            if v == NO_MARGIN and vals:  # a run recorded before the SE margin was chosen by the rule without it
+                vals |= {s: r["main"] for s, r in rk.items() if "se_margin" not in r.get("selection", {"se_margin": 0})}
             if vals:
                 rows.append((f"retrikt, {v}", vals))
         if norel:

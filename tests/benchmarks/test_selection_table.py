@@ -57,3 +57,17 @@ def test_by_default_each_sub_folder_is_a_slice(tmp_path):
         (tmp_path / name).mkdir()
         _run(tmp_path / name, "kd", 1, 0.7)
     assert [name for name, _ in slices(SelectionTable(runs=str(tmp_path)))] == ["demo", "sst2-1k"]
+
+
+def test_a_run_recorded_before_the_se_margin_is_its_own_no_margin_row(tmp_path):
+    """Runs chosen before the SE margin existed were chosen by the rule without it: their own score fills that row
+    beside the reruns that carry it as a variant; runs under the margin without the variant leave the cell empty."""
+    base = dict(store_entries=85, retrieval={"keys": "store", "beta": 1.0, "k": 8, "tau": 0.5},
+                predictions=[{"pred": 0}, {"pred": 1}])
+    _run(tmp_path, "retrikt", 1, 0.74, selection={"method": "cv", "se_margin": 1.0},
+         variants={"no SE margin (session-11 rule)": {"main": 0.75}}, **base)
+    _run(tmp_path, "retrikt", 2, 0.72, selection={"method": "cv", "se_margin": 1.0}, variants={}, **base)
+    _run(tmp_path, "retrikt", 3, 0.77, selection={"method": "cv"}, variants={}, **base)
+    table = dict(slice_rows(load_results(tmp_path), [1, 2, 3])[0])
+    assert table["retrikt, chosen setting"] == {1: 0.74, 2: 0.72, 3: 0.77}
+    assert table["retrikt, no SE margin (session-11 rule)"] == {1: 0.75, 3: 0.77}
