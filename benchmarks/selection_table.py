@@ -51,6 +51,10 @@ def _cell(values: dict[int, float], seeds: list[int]) -> list[str]:
     return cells + [mean + (f" (n = {len(have)} seeds)" if 0 < len(have) < len(seeds) else "")]
 
 
+def _cv_without_margin(sel: dict) -> bool:
+    return not sel.get("se_margin") and "cv" in str(sel.get("method", "")).lower()
+
+
 def slice_rows(runs: list[dict], seeds: list[int]) -> tuple[list[tuple[str, dict]], list[str]]:
     rows, chosen = [], []
     for method in ("finetune", "kd"):
@@ -64,8 +68,8 @@ def slice_rows(runs: list[dict], seeds: list[int]) -> tuple[list[tuple[str, dict
         rows.append(("retrikt, chosen setting", {s: r["main"] for s, r in rk.items()}))
         for v in VARIANTS:
             vals = {s: r["variants"][v]["main"] for s, r in rk.items() if v in r.get("variants", {})}
-            if v == NO_MARGIN and vals:  # a run recorded before the SE margin was chosen by the rule without it
-                vals |= {s: r["main"] for s, r in rk.items() if "se_margin" not in r.get("selection", {"se_margin": 0})}
+            if v == NO_MARGIN and vals:  # a CV run without the SE margin (older, or margin 0) was chosen by that rule
+                vals |= {s: r["main"] for s, r in rk.items() if _cv_without_margin(r.get("selection", {}))}
             if vals:
                 rows.append((f"retrikt, {v}", vals))
         if norel:

@@ -67,7 +67,10 @@ def test_a_run_recorded_before_the_se_margin_is_its_own_no_margin_row(tmp_path):
     _run(tmp_path, "retrikt", 1, 0.74, selection={"method": "cv", "se_margin": 1.0},
          variants={"no SE margin (session-11 rule)": {"main": 0.75}}, **base)
     _run(tmp_path, "retrikt", 2, 0.72, selection={"method": "cv", "se_margin": 1.0}, variants={}, **base)
-    _run(tmp_path, "retrikt", 3, 0.77, selection={"method": "cv"}, variants={}, **base)
-    table = dict(slice_rows(load_results(tmp_path), [1, 2, 3])[0])
-    assert table["retrikt, chosen setting"] == {1: 0.74, 2: 0.72, 3: 0.77}
+    _run(tmp_path, "retrikt", 3, 0.77, selection={"method": "4-fold CV, calibrated log-loss"}, variants={}, **base)
+    (tmp_path / "sst2__retrikt__s4.json").write_text(json.dumps(  # the old holdout rule: not the no-margin rule
+        {"task": "sst2", "method": "retrikt", "seed": 4, "main": 0.6, "selection": {"method": "holdout accuracy"},
+         "variants": {}, **base}))
+    table = dict(slice_rows(load_results(tmp_path), [1, 2, 3, 4])[0])
+    assert table["retrikt, chosen setting"] == {1: 0.74, 2: 0.72, 3: 0.77, 4: 0.6}
     assert table["retrikt, no SE margin (session-11 rule)"] == {1: 0.75, 3: 0.77}
