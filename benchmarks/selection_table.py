@@ -27,11 +27,10 @@ from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 
 from benchmarks.common import RESULTS
 
-VARIANTS = ("no retrieval at inference", "keys store", "keys student", "keys teacher",
-            "no SE margin (session-11 rule)", "uncalibrated log-loss (session-8 rule)",
-            "accuracy rule (old criterion)")
-NO_RELATIONAL = "retrikt, no relational loss (trained apart)"
 NO_MARGIN = "no SE margin (session-11 rule)"
+VARIANTS = ("no retrieval at inference", "keys store", "keys student", "keys teacher", NO_MARGIN,
+            "uncalibrated log-loss (session-8 rule)", "accuracy rule (old criterion)")
+NO_RELATIONAL = "retrikt, no relational loss (trained apart)"
 
 
 @dataclass
@@ -104,7 +103,8 @@ def main(argv=None) -> None:
     meta = run_metadata(config=asdict(cfg), seeds=seeds)
     atomic_write_json(RESULTS / f"{cfg.name}.json", {**meta, "slices": out})
     md.append(f"Variants are the same trained student scored under another rule's setting (never chosen on validation). "
-              f"Regenerate: `python -m benchmarks.selection_table {shlex.join(argv)}`; commit `{meta['git_commit']}`.")
+              f"Regenerate: `python -m benchmarks.selection_table {shlex.join(argv)}`; "
+              f"commit `{meta['git_commit']}`.")
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(md) + "\n")
     print("\n".join(md))
 

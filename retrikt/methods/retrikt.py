@@ -184,7 +184,8 @@ def _holdout_select(cfg: Config, task, store, copies: list[dict], emb: np.ndarra
     return choose_settings(model, dev, grid_labels=grid_labels) | {"method": "holdout accuracy"}
 
 
-SCORES = ("log_loss", "raw_log_loss", "temperature", "accuracy", "one_class", "losses")  # a grid row's scores, not settings
+# a grid row's scores, not settings
+SCORES = ("log_loss", "raw_log_loss", "temperature", "accuracy", "one_class", "losses")
 
 
 def _variants(chosen: dict) -> dict[str, dict]:

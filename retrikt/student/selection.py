@@ -78,8 +78,8 @@ def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float 
     soft vote lowers it (smoothing) and a sharp vote that ranks the answers better raises it. So each setting is
     scored after its own temperature (``calibrate``; ``raw_log_loss`` keeps the uncalibrated score), the grid also
     holds the student smoothed towards the uniform distribution (labels ``uniform``; its argmax is the student's),
-    and retrieval is chosen only where it beats both by more than ``tol`` nats and ``se_margin`` standard errors; among such settings the one that
-    trusts the student most wins (largest β, then k, then τ). A setting whose out-of-fold predictions are all one
+    and retrieval is chosen only where it beats both by more than ``tol`` nats and ``se_margin`` standard errors;
+    among such settings the one that trusts the student most wins (largest β, then k, then τ). A setting whose out-of-fold predictions are all one
     class (``one_class``) is not chosen while another is not: the temperature rescales but never shifts the
     decision, so a vote that ranks well yet never crosses it (a store voting its majority label everywhere) wins
     the log-loss and scores only the majority class (MCC 0)."""
@@ -89,8 +89,8 @@ def cv_select(p: np.ndarray, ret: dict, labels, grid_beta=GRID_BETA, tol: float 
     for (name, k, tau, keys), r in list(ret.items()) + [(("uniform", 0, 0.0, "none"), uniform)]:
         for beta in grid_beta:
             mix = beta * p + (1 - beta) * r
-            raw = float(-np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0)).mean())
             each = -np.log(np.clip(mix[np.arange(len(y)), y], 1e-6, 1.0))
+            raw = float(each.mean())
             ll, temp, each = calibrated_log_loss(mix, y, per_example=True) if calibrate else (raw, 1.0, each)
             pred = mix.argmax(1)
             acc = float((pred == y).mean())

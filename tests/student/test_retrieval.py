@@ -365,7 +365,8 @@ def test_cv_with_fewer_examples_than_folds_uses_one_fold_per_example(tmp_path):
     train = [{"idx": 0, "sentence": "good film", "label": 1}, {"idx": 1, "sentence": "bad film", "label": 0},
              {"idx": 2, "sentence": "great movie", "label": 1}]
     _, extra = run_method(cfg, get_task("sst2"), train, seed=1)
-    assert extra["selection"]["method"] == "3-fold CV, calibrated log-loss, 1-SE margin" and extra["selection"]["n"] == 3
+    assert extra["selection"]["method"] == "3-fold CV, calibrated log-loss, 1-SE margin"
+    assert extra["selection"]["n"] == 3
 
 
 def test_cv_selection_needs_retrieval_to_win_by_more_than_its_noise_on_32_examples():
