@@ -196,6 +196,8 @@ def build_store(cfg: BuildConfig) -> Path:
         reference = embed_examples(embedder, task, kshot) if drawn is None else None
         filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient", keep_unfinished=cfg.keep_unfinished,
                       drop_label_words=cfg.drop_label_words, reference=reference, threshold=cfg.dedup_threshold)
+        if cfg.teacher_keys and hasattr(labeller, "keep_answer_states"):
+            labeller.keep_answer_states()  # the keys then reuse the labelling pass instead of a second one
         generate_shard(cfg, draw, filt, labeller, embedder, meta, shard_dir(out, state.process_index),
                        rank_batches(plan, state.process_index, state.num_processes))
         state.wait_for_everyone()

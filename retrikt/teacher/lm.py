@@ -13,6 +13,7 @@ per example; batches are length-sorted so padding is small, and the content-free
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from pathlib import Path
@@ -60,6 +61,7 @@ class LMClassifier(nn.Module):
             raise RetriktError(f"unknown calibration {calibrate!r}; choose one of {', '.join(CALIBRATIONS)}")
         self.calibrate = calibrate
         self._prior: np.ndarray | None = None
+        self._states: dict[tuple, np.ndarray] | None = None  # answer states kept while scoring (keep_answer_states)
 
     @property
     def device(self) -> torch.device:
@@ -181,8 +183,27 @@ class LMClassifier(nn.Module):
         return self._prior
 
     def reset_prior(self) -> None:
-        """Forget the cached calibration prior (after the model's weights change, e.g. training)."""
+        """Forget the cached calibration prior and answer states (after the model's weights change, e.g. training)."""
         self._prior = None
+        if self._states is not None:
+            self._states = {}
+
+    def keep_answer_states(self, on: bool = True) -> None:
+        """From now on, keep each scored example's answer state, so :meth:`answer_states` on the same examples
+        (a store's teacher keys, right after its labelling) costs no second pass. Single-token verbalisers only:
+        there the scoring pass ends at the answer position; with longer continuations it does not."""
+        self._states = {} if on else None
+
+    @contextlib.contextmanager
+    def _head_inputs(self):
+        """The LM head's input at the last position of each forward pass, appended to the yielded list."""
+        captured: list[torch.Tensor] = []
+        hook = self.model.get_output_embeddings().register_forward_pre_hook(
+            lambda _m, args: captured.append(args[0][:, -1].float().cpu()))
+        try:
+            yield captured
+        finally:
+            hook.remove()
 
     @torch.no_grad()
     def predict_proba(self, examples: list[dict], batch_size: int = 8) -> np.ndarray:
@@ -202,32 +223,42 @@ class LMClassifier(nn.Module):
         lengths = [len(p) + max(map(len, c)) for p, c in zip(prompts, conts)]
         past = self.demo_cache()
         out = torch.empty((len(examples), self.task.num_labels))
-        for idx in progress(length_batches(lengths, batch_size), desc=f"score {self.task.name}", leave=False):
-            scores = self._scores([prompts[i] for i in idx], [conts[i] for i in idx], past)
-            out[idx] = scores.softmax(-1).cpu()
+        keep = self._states is not None and all(len(c) == 1 for cs in conts for c in cs)
+        with self._head_inputs() if keep else contextlib.nullcontext([]) as captured:
+            for idx in progress(length_batches(lengths, batch_size), desc=f"score {self.task.name}", leave=False):
+                captured.clear()
+                scores = self._scores([prompts[i] for i in idx], [conts[i] for i in idx], past)
+                out[idx] = scores.softmax(-1).cpu()
+                for j, i in enumerate(idx if keep else ()):
+                    self._states[tuple(prompts[i])] = captured[-1][j].numpy()
         return out.numpy()
 
     @torch.no_grad()
     def answer_states(self, examples: list[dict], batch_size: int = 8) -> np.ndarray:
         """The LM's final hidden state at each example's answer position (what its head turns into the label
-        scores), float32 [n, hidden]: task-aware keys for a store. One forward pass per example, as scoring."""
+        scores), float32 [n, hidden]: task-aware keys for a store. One forward pass per example, as scoring, except
+        for examples whose state was kept while scoring them (:meth:`keep_answer_states`)."""
         self.eval()
-        if not examples:
-            return np.zeros((0, self.model.config.hidden_size), np.float32)
-        prompts, _ = self._encode(examples)
-        past, captured = self.demo_cache(), []
-        # the head's input is the hidden state (after the final norm) at the positions it is asked for
-        hook = self.model.get_output_embeddings().register_forward_pre_hook(
-            lambda _m, args: captured.append(args[0][:, -1].float().cpu()))
         out = np.zeros((len(examples), self.model.config.hidden_size), np.float32)
-        try:
-            for idx in progress(length_batches([len(p) for p in prompts], batch_size), desc=f"keys {self.task.name}",
-                                leave=False):
+        if not examples:
+            return out
+        prompts, _ = self._encode(examples)
+        kept = self._states or {}
+        todo = [i for i, p in enumerate(prompts) if tuple(p) not in kept]
+        for i in set(range(len(prompts))) - set(todo):
+            out[i] = kept[tuple(prompts[i])]
+        if self._states is not None:
+            logger.info("answer states: %d of %d kept from scoring, %d computed", len(prompts) - len(todo),
+                        len(prompts), len(todo))
+        past = self.demo_cache() if todo else None
+        # the head's input is the hidden state (after the final norm) at the positions it is asked for
+        with self._head_inputs() as captured:
+            for b in progress(length_batches([len(prompts[i]) for i in todo], batch_size),
+                              desc=f"keys {self.task.name}", leave=False):
+                idx = [todo[j] for j in b]
                 captured.clear()
                 self._last_logits([prompts[i] for i in idx], 1, past)
                 out[idx] = captured[-1].numpy()
-        finally:
-            hook.remove()
         return out
 
     def num_parameters(self) -> int:

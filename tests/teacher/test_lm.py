@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrikt.teacher.lm import LMClassifier
+from retrikt.teacher.lm import LMClassifier, length_batches
 from retrikt.tasks import get_task
 from tests.tiny import tiny_qwen, tiny_tokenizer
 
@@ -186,3 +186,55 @@ def test_answer_states_are_the_heads_input_at_the_last_prompt_position(lm):
         # the head applied to the state gives the model's own next-token logits
         np.testing.assert_allclose(model.get_output_embeddings()(torch.from_numpy(states[i])).detach().numpy(),
                                    logits.numpy(), atol=1e-3)
+
+
+def _count_forwards(model):
+    calls = []
+    return calls, model.register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_answer_states_kept_while_labelling_cost_no_second_pass_and_equal_a_fresh_pass(lm):
+    """A store's teacher keys reuse its labelling pass: same states as computing them afresh, no extra forward."""
+    model, tok = lm
+    task = get_task("cb")
+    clf = LMClassifier(model, tok, task, demos=CB[:2], calibrate="content-free")
+    _, conts = clf._encode(CB)
+    assert all(len(c) == 1 for cs in conts for c in cs)  # the single-token path, where scoring ends at the answer
+    new = {"idx": 3, "premise": "a cat sat on the mat", "hypothesis": "a cat sat", "label": 0}
+    fresh = clf.answer_states(CB + [new], batch_size=2)
+    clf.keep_answer_states()
+    clf.predict_proba(CB, batch_size=2)
+    calls, hook = _count_forwards(model)
+    try:
+        kept = clf.answer_states(CB, batch_size=2)
+        assert not calls  # all three states were kept from scoring
+        mixed = clf.answer_states([new] + CB, batch_size=2)
+        assert len(calls) == 2  # the demonstrations' cache, then the one new example
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(kept, fresh[:3], atol=1e-5)
+    np.testing.assert_allclose(mixed, np.concatenate([fresh[3:], fresh[:3]]), atol=1e-5)
+    clf.reset_prior()  # weights may have changed: nothing kept is trusted
+    calls, hook = _count_forwards(model)
+    try:
+        clf.answer_states(CB, batch_size=8)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 + len(length_batches([len(p) for p in clf._encode(CB)[0]], 8))
+
+
+def test_multi_token_continuations_keep_no_answer_states(lm):
+    """COPA's scoring pass ends inside a choice, not at the answer position: its states are computed afresh."""
+    model, tok = lm
+    task = get_task("copa")
+    ex = [{"idx": 0, "premise": "the man ran", "choice1": "he sat", "choice2": "the dog ran", "question": "cause",
+           "label": 1}]
+    clf = LMClassifier(model, tok, task)
+    clf.keep_answer_states()
+    clf.predict_proba(ex)
+    calls, hook = _count_forwards(model)
+    try:
+        clf.answer_states(ex)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
