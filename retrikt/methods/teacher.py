@@ -17,8 +17,10 @@ class Config(MethodConfig, AdaptConfig):
     icl_demos: int = arg(4, help="in-context demonstrations for teacher-icl, drawn from the k-shot set")
     teacher_calibration: str = arg("content-free", help="teacher / teacher-icl: none | content-free (divide the "
                                                         "label probabilities by those of content-free inputs, Zhao "
-                                                        "et al. 2021; the raw 0.5B teacher answers one label)",
-                                   choices=["none", "content-free"])
+                                                        "et al. 2021; the raw 0.5B teacher answers one label) | "
+                                                        "batch (by their mean over the seed's k-shot inputs, aimed "
+                                                        "at its label mix; Zhou et al. 2024)",
+                                   choices=["none", "content-free", "batch"])
 
 
 def _teacher(cfg: Config, task, examples: list[dict], seed: int, demos: int):

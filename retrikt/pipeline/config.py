@@ -69,8 +69,10 @@ class BuildConfig(AdaptConfig):
                          choices=["name", "description"])
     label_demos: int = arg(4, help="--labeller icl: k-shot demonstrations in the labelling prompt")
     label_calibration: str = arg("none", help="--labeller icl / zero-shot: none | content-free (divide by the label "
-                                              "probabilities of content-free inputs with the same demonstrations)",
-                                 choices=["none", "content-free"])
+                                              "probabilities of content-free inputs with the same demonstrations) | "
+                                              "batch (divide by their mean over the k-shot inputs, aim at the "
+                                              "k-shot label mix; Zhou et al. 2024)",
+                                 choices=["none", "content-free", "batch"])
     parse_mode: str = arg("strict", help="strict: every field line must be present; lenient: split the words "
                           "over the fields (only for smoke runs with random tiny models)", choices=["strict", "lenient"])
     index: str = arg("auto", help="FAISS index: auto | flat | hnsw | ivf | ivfpq")

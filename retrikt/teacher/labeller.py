@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 from retrikt import models
 from retrikt.io import RetriktError
 from retrikt.teacher.adapted import AdaptConfig, adapted_teacher
@@ -40,4 +42,16 @@ def make_labeller(kind: str, model_name: str, task, kshot: list[dict], seed: int
         model, tokenizer = models.load_causal_lm(model_name, device=device)
     chosen = pick_demos(kshot, demos, seed) if kind == "icl" else []
     info |= {"demos": len(chosen), "demo_idx": [d.get("idx") for d in chosen], "calibration": calibration}
-    return LMClassifier(model, tokenizer, task, demos=chosen, calibrate=calibration), info
+    return LMClassifier(model, tokenizer, task, demos=chosen, calibrate=calibration,
+                        **batch_calibration(task, kshot, chosen) if calibration == "batch" else {}), info
+
+
+def batch_calibration(task, kshot: list[dict], demos: list[dict]) -> dict:
+    """The inputs and label mix of batch calibration, from the seed's own k-shot set: its inputs that are not
+    demonstrations (an example scored with itself in the context is no sample of the bias), its labels' shares."""
+    ids = {id(d) for d in demos}
+    inputs = [e for e in kshot if id(e) not in ids] or list(kshot)
+    if task.kind == "multiple_choice" or task.is_regression:
+        return {"calibration_inputs": inputs}
+    counts = np.bincount([int(e["label"]) for e in kshot], minlength=task.num_labels).astype(float)
+    return {"calibration_inputs": inputs, "label_mix": (counts / counts.sum()).tolist()}

@@ -91,3 +91,16 @@ def test_labeller_modes(tiny, tmp_path):
         np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
     with pytest.raises(Exception, match="unknown labeller"):
         make_labeller("oracle", "tiny", task, KSHOT, 1)
+
+
+def test_batch_calibrated_labeller_uses_its_seeds_k_shot_inputs_except_the_demonstrations(tiny):
+    task = get_task("sst2")
+    kshot = KSHOT + [{"idx": 6, "sentence": "fine film", "label": 1}]
+    icl, info = make_labeller("icl", "tiny", task, kshot, 1, demos=2, calibration="batch")
+    assert info["calibration"] == "batch"
+    demo_idx = {d["idx"] for d in icl.demos}
+    assert sorted(e["idx"] for e in icl.calibration_inputs) == sorted(set(range(7)) - demo_idx)
+    np.testing.assert_allclose(icl.label_mix, [3 / 7, 4 / 7])
+    zero, _ = make_labeller("zero-shot", "tiny", task, kshot, 1, calibration="batch")
+    assert len(zero.calibration_inputs) == 7
+    np.testing.assert_allclose(icl.predict_proba(kshot).sum(1), 1, atol=1e-5)

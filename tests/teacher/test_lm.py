@@ -103,6 +103,25 @@ def test_content_free_calibration_divides_by_the_prior_of_content_free_inputs(lm
     assert not np.allclose(cal.predict_proba(CB), raw.predict_proba(CB))
 
 
+def test_batch_calibration_divides_by_the_mean_over_task_inputs_aimed_at_the_label_mix(lm):
+    """The bias is the mean label distribution over real task inputs; an input whose raw scores equal that mean is
+    calibrated to the label mix (content-free calibration would send it to uniform)."""
+    model, tok = lm
+    task = get_task("cb")
+    raw = LMClassifier(model, tok, task, demos=CB[:1])
+    mix = [0.5, 0.4, 0.1]
+    cal = LMClassifier(model, tok, task, demos=CB[:1], calibrate="batch", calibration_inputs=CB[1:], label_mix=mix)
+    bias = raw.predict_proba(CB[1:]).mean(0)
+    prior = bias / np.array(mix)
+    np.testing.assert_allclose(cal.label_prior(), prior / prior.sum(), atol=1e-6)
+    expected = raw.predict_proba(CB) / prior
+    np.testing.assert_allclose(cal.predict_proba(CB), expected / expected.sum(1, keepdims=True), atol=1e-5)
+    one = LMClassifier(model, tok, task, calibrate="batch", calibration_inputs=CB[:1], label_mix=mix)
+    np.testing.assert_allclose(one.predict_proba(CB[:1])[0], mix, atol=1e-5)
+    with pytest.raises(Exception, match="calibration_inputs"):
+        LMClassifier(model, tok, task, calibrate="batch")
+
+
 def test_calibration_leaves_multiple_choice_alone_and_rejects_unknown_modes(lm):
     model, tok = lm
     task = get_task("copa")
