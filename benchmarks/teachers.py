@@ -20,11 +20,14 @@ from benchmarks.common import RESULTS
 
 MODES = {"teacher": "zero-shot, calibrated", "teacher-icl": "in-context, 4 demos, calibrated",
          "teacher-lora": "adapted (LoRA r16, 3 epochs)", "finetune": "32-shot fine-tune (reference)"}
+# rows of another calibration than the default content-free one, shown only where such runs exist
+OTHER_CALIBRATIONS = {"batch": "batch-calibrated on the seed's k-shot inputs"}
 
 
 @dataclass
 class TeachersTable:
-    runs: list[str] = arg(["benchmarks/results/teachers/runs", "benchmarks/results/compare/runs"],
+    runs: list[str] = arg(["benchmarks/results/teachers/runs", "benchmarks/results/teachers-bc/runs",
+                           "benchmarks/results/compare/runs"],
                           help="folders of run results (the first one holding a (method, model, task, seed) wins)")
     tasks: list[str] = arg(["cb", "rte", "copa", "sst2", "cola"], help="task columns")
     models: list[str] = arg(["qwen-0.5b", "qwen-1.5b"], help="teacher models (rows)")
@@ -34,17 +37,19 @@ class TeachersTable:
 
 
 def collect(cfg: TeachersTable) -> dict:
-    """{(method, model): {task: [runs]}}, one run per seed, earlier folders first."""
+    """{(method, model, calibration): {task: [runs]}}, one run per seed, earlier folders first; calibration is
+    "" for the default (content-free, or none for an adapted teacher) and the mode's name otherwise."""
     seen, table = set(), defaultdict(lambda: defaultdict(list))
     wanted = set(cfg.models) | {cfg.reference}
     for folder in cfg.runs:
         for r in load_results(folder):
-            key = (r["method"], r["student"], r["task"], r["seed"])
+            cal = r.get("calibration") if r.get("calibration") in OTHER_CALIBRATIONS else ""
+            key = (r["method"], r["student"], cal, r["task"], r["seed"])
             if r["method"] in MODES and r["student"] in wanted and r["seed"] in cfg.seeds and key not in seen:
                 if r["method"] == "finetune" and r["student"] != cfg.reference:
                     continue
                 seen.add(key)
-                table[(r["method"], r["student"])][r["task"]].append(r)
+                table[(r["method"], r["student"], cal)][r["task"]].append(r)
     return table
 
 
@@ -56,6 +61,10 @@ def cell(runs: list[dict]) -> dict | None:
             "seeds": sorted(r["seed"] for r in runs), "n": sorted({r.get("n") for r in runs}),
             "examples_per_s": statistics.fmean(r.get("examples_per_s") or 0.0 for r in runs),
             "values": mains}
+
+
+def mode_name(method: str, calibration: str) -> str:
+    return MODES[method].replace("calibrated", OTHER_CALIBRATIONS[calibration]) if calibration else MODES[method]
 
 
 def fmt(c: dict | None) -> str:
@@ -70,10 +79,12 @@ def fmt(c: dict | None) -> str:
 def main(argv=None) -> None:
     cfg = parse_config(TeachersTable, argv, description=__doc__)
     table = collect(cfg)
-    order = [(m, model) for model in cfg.models for m in ("teacher", "teacher-icl", "teacher-lora")]
-    order.append(("finetune", cfg.reference))
-    rows = [{"method": m, "mode": MODES[m], "model": model, "cells": {t: cell(table[(m, model)].get(t, []))
-                                                                       for t in cfg.tasks}} for m, model in order]
+    order = [(m, model, "") for model in cfg.models for m in ("teacher", "teacher-icl", "teacher-lora")]
+    order = [k for m, model, _ in order for k in [(m, model, "")] + [(m, model, c) for c in OTHER_CALIBRATIONS
+                                                                      if (m, model, c) in table]]
+    order.append(("finetune", cfg.reference, ""))
+    rows = [{"method": m, "mode": mode_name(m, cal), "model": model, "calibration": cal or None,
+             "cells": {t: cell(table[(m, model, cal)].get(t, [])) for t in cfg.tasks}} for m, model, cal in order]
     atomic_write_json(RESULTS / f"{cfg.name}.json", run_metadata(cfg, seeds=cfg.seeds) | {"rows": rows})
     lines = ["# Teachers: zero-shot, in-context and adapted, 32-shot", "",
              "Main metric (accuracy; CoLA MCC x 100), mean ± std over seeds "
