@@ -65,6 +65,10 @@ class CompareConfig:
     max_length: int = arg(256, help="encoder student max tokens per input")
     prompt_epochs: int | None = arg(None, help="soft-prompt tuning epochs when a store must be built (default: the "
                                                "recipe's)")
+    teacher_calibration: str = arg("content-free", help="teacher rows: none | content-free | batch (on the seed's "
+                                                        "k-shot inputs, so the zero-shot row then runs per seed; "
+                                                        "see retrikt.train --teacher-calibration)",
+                                   choices=["none", "content-free", "batch"])
     retrieval_keys: str = arg("auto", help="retrikt rows: key space of retrieval (store | student | teacher | auto, "
                                             "see retrikt.train --retrieval-keys)",
                               choices=["store", "student", "teacher", "auto"])
@@ -113,7 +117,9 @@ def row(label: str) -> Row:
 
 
 def seeds_of(cfg: CompareConfig, label: str) -> list[int]:
-    return cfg.seeds[:1] if row(label).method.deterministic else cfg.seeds  # deterministic: once
+    """The seeds ``label`` runs on: the first only where its result does not depend on the seed."""
+    once = row(label).method.runs_once(train_config(cfg, label, cfg.tasks[0], cfg.seeds[0]))
+    return cfg.seeds[:1] if once else cfg.seeds
 
 
 def train_config(cfg: CompareConfig, label: str, task: str, seed: int) -> TrainConfig:
@@ -128,6 +134,8 @@ def train_config(cfg: CompareConfig, label: str, task: str, seed: int) -> TrainC
         extra["parametric_seeds"] = cfg.parametric_seeds
     if r.method.name == "retrikt":
         extra["retrieval_keys"] = cfg.retrieval_keys
+    if r.method.students == ("teacher",):
+        extra["teacher_calibration"] = cfg.teacher_calibration
     return TrainConfig(task=task, method=r.method.name, init=r.init.name,
                        student=cfg.lm_student if lm else cfg.student,
                        teacher=cfg.parametric_teacher if lm else cfg.teacher, shots=cfg.shots, seeds=[seed],

@@ -309,3 +309,16 @@ def test_retrieval_keys_reach_the_retrikt_rows_only():
     cfg = compare.CompareConfig(retrieval_keys="teacher")
     assert compare.train_config(cfg, "retrikt", "sst2", 2).retrieval_keys == "teacher"
     assert compare.train_config(cfg, "kd", "sst2", 2).retrieval_keys == "auto"  # TrainConfig's default, unused
+
+
+def test_batch_calibrated_zero_shot_teacher_runs_on_every_seed(tmp_path):
+    """Batch calibration reads the seed's k-shot inputs, so the zero-shot teacher is no longer one run for all seeds."""
+    plain, batch = compare.CompareConfig(seeds=[1, 2, 3]), compare.CompareConfig(seeds=[1, 2, 3],
+                                                                                teacher_calibration="batch")
+    assert compare.seeds_of(plain, "teacher") == [1]
+    assert compare.seeds_of(batch, "teacher") == [1, 2, 3]
+    assert compare.seeds_of(batch, "finetune") == [1, 2, 3]
+    assert compare.train_config(batch, "teacher-icl", "cb", 2).teacher_calibration == "batch"
+    assert compare.main(_args(tmp_path, "--teacher-calibration", "batch", "--methods", "teacher")) == 0
+    runs = sorted(p.name for p in (tmp_path / "cmp" / "runs").glob("*.json"))
+    assert len(runs) == 2 and all("teacher" in r for r in runs)

@@ -26,9 +26,14 @@ class Method:
     inits: tuple[str, ...] = ("none",)    # the --init values it accepts (shapes permitting)
     needs_store: bool = False             # reads a knowledge store (--store); compare builds one per (task, seed)
     needs_lora_modules: bool = False      # starts from the other tasks' lora modules (compare trains them first)
-    deterministic: bool = False           # the result does not depend on the seed: compare runs it once
+    # the result does not depend on the seed (a bool, or a function of the method's config): compare runs it once
+    deterministic: bool | Callable[[Any], bool] = False
     default_lr: float = 5e-5              # when --lr is not given
     help: str = ""
+
+    def runs_once(self, cfg: Any) -> bool:
+        """Whether ``cfg``'s result is the same for every seed (then one run stands for all of them)."""
+        return self.deterministic(cfg) if callable(self.deterministic) else self.deterministic
 
 
 @dataclass

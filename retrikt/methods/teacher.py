@@ -47,8 +47,12 @@ def train_adapted(cfg: Config, task, examples: list[dict], seed: int):
     return clf, {"student": cfg.teacher, **{k: v for k, v in info.items() if k not in ("kind", "model")}}
 
 
-# zero-shot scoring does not depend on the seed: compare runs it once
-TEACHER = Method("teacher", Config, train_zero_shot, students=("teacher",), deterministic=True,
+def _seed_free(cfg: Config) -> bool:
+    """Zero-shot scoring does not depend on the seed unless batch calibration reads the seed's k-shot inputs."""
+    return cfg.teacher_calibration != "batch"
+
+
+TEACHER = Method("teacher", Config, train_zero_shot, students=("teacher",), deterministic=_seed_free,
                  help="the teacher LLM zero-shot")
 TEACHER_ICL = Method("teacher-icl", Config, train_icl, students=("teacher",),
                      help="the teacher LLM with --icl-demos k-shot demonstrations")
