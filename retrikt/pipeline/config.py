@@ -40,6 +40,10 @@ class BuildConfig(AdaptConfig):
     drop_label_words: bool = arg(True, help="drop a sample whose text names its own conditioned label (its name, or "
                                             "its verbaliser unless that is yes / no / maybe / true / false); counted "
                                             "as label_words either way")
+    perturb_label: int = arg(-1, help="make this label's samples by corrupting generated samples of the other label "
+                                      "(a swapped, dropped, repeated or moved word, a broken agreement), for a label "
+                                      "that means broken text (CoLA: 0, unacceptable), which the generator does not "
+                                      "write when asked; they still pass the agreement filter. -1 = off")
     min_agreement: float = arg(0.5, help="keep a sample only when the labeller's argmax is its conditioned label with "
                                          "at least this probability; 0 keeps all (counted as disagree either way)")
     teacher_keys: bool = arg(True, help="after labelling, also write the labeller's answer-position states as a "

@@ -32,9 +32,11 @@ class Filter:
 
     def __call__(self, samples: list[dict], embedder) -> tuple[list[dict], np.ndarray, dict]:
         stats = {"generated": len(samples), "parsed": 0, "copies": 0, "exact_dups": 0, "unfinished": 0,
-                 "label_words": 0, "near_dups": 0}
+                 "label_words": 0, "near_dups": 0, "perturbed": sum("perturb" in s for s in samples)}
         kept, seen = [], set()
         for s in samples:
+            if s.get("unchanged"):  # a sample a corruption could not change (retrikt.pipeline.perturb)
+                continue
             fields = s.get("fields") or parse(self.task, s["text"], lenient=self.lenient)
             if fields is None:
                 continue
@@ -68,7 +70,8 @@ class Filter:
             if self.drop_label_words:
                 return None
         return {"fields": fields, "tokens": len(s.get("tokens", ())), "finished": finished, "label": label,
-                "names_label": names, "idx": s.get("idx")}
+                "names_label": names, "idx": s.get("idx"),
+                **{k: s[k] for k in ("perturb", "source_text") if k in s}}
 
 
 def label_entries(labeller, kept: list[dict]) -> list[dict]:
@@ -85,6 +88,7 @@ def label_entries(labeller, kept: list[dict]) -> list[dict]:
                 "names_label": k["names_label"]}
         if k["idx"] is not None:
             meta["train_idx"] = k["idx"]
+        meta.update({key: k[key] for key in ("perturb", "source_text") if key in k})
         out.append({"fields": k["fields"], "label": label, "soft_label": [round(float(x), 6) for x in p],
                     "meta": meta})
     return out
@@ -101,7 +105,7 @@ def agreement(kept: list[dict], entries: list[dict], min_agreement: float) -> tu
 
 
 LOG_COUNTS = ("generated", "parsed", "copies", "exact_dups", "unfinished", "label_words", "disagree", "agreed",
-              "near_dups", "kept", "agree", "new_tokens")
+              "near_dups", "kept", "agree", "new_tokens", "perturbed")
 
 
 def summarise_log(log: list[dict]) -> dict:

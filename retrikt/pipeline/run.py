@@ -24,6 +24,7 @@ from retrikt.io import RetriktError, append_jsonl
 from retrikt.pipeline.config import BuildConfig
 from retrikt.pipeline.filters import Filter, agreement, label_entries, summarise_log
 from retrikt.pipeline.oracle import oracle_draw, oracle_inputs
+from retrikt.pipeline.perturb import check_perturb, perturbed_draw
 from retrikt.pipeline.plan import BATCH_STRIDE, auto_max_new_tokens, batch_plan, label_counts
 from retrikt.pipeline.conditions import Conditioner
 from retrikt.pipeline.prompt import check_rl_backend, shared_generator
@@ -149,6 +150,10 @@ def _check_config(task, cfg: BuildConfig) -> None:
     if cfg.source == "oracle" and not cfg.shots:
         raise RetriktError("--source oracle draws the training inputs outside the k-shot set; --shots 0 takes them "
                            "all")
+    if cfg.perturb_label >= 0:
+        if cfg.source == "oracle":
+            raise RetriktError("--perturb-label corrupts generated samples; --source oracle generates none")
+        check_perturb(task, cfg.perturb_label)
     if not 0 <= cfg.min_agreement <= 1:
         raise RetriktError(f"--min-agreement is a probability (0 disables the filter), got {cfg.min_agreement}")
 
@@ -193,6 +198,8 @@ def build_store(cfg: BuildConfig) -> Path:
         else:
             gen = shared_generator(cfg, task, model, tok, kshot, embedder, out, state, labeller)
             draw = _generated_draw(cfg, task, gen, Conditioner(cfg, task, tok, kshot))
+            if cfg.perturb_label >= 0:
+                draw = perturbed_draw(task, draw, cfg.perturb_label, cfg.seed, lenient=cfg.parse_mode == "lenient")
         reference = embed_examples(embedder, task, kshot) if drawn is None else None
         filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient", keep_unfinished=cfg.keep_unfinished,
                       drop_label_words=cfg.drop_label_words, reference=reference, threshold=cfg.dedup_threshold)

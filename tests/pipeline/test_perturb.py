@@ -1,0 +1,79 @@
+"""Corrupted negatives (--perturb-label): the edits, the draw that makes a label's batches from the other label's,
+and a build that stores them with their provenance."""
+import random
+
+import pytest
+
+from retrikt.io import RetriktError, read_jsonl
+from retrikt.pipeline import perturb as P
+from retrikt.pipeline import run as B
+from retrikt.store import Store
+from retrikt.tasks import get_task
+from retrikt.teacher.softprompt import SoftPromptGenerator
+
+from tests.pipeline.test_build import _fake_generate
+
+SENTENCE = "The dogs are chasing the cat in the garden."
+
+
+@pytest.mark.parametrize("op", P.OPS)
+def test_every_edit_changes_the_words_and_keeps_the_closing_punctuation(op):
+    words, end = P._split(SENTENCE)
+    assert end == "." and words[-1] == "garden"
+    edited = P._edit(words, op, random.Random(0))
+    assert edited is not None and edited != words
+    assert sorted(edited) != sorted(words) or op in ("swap", "move")   # swap / move keep the words, in another order
+
+
+def test_agreement_edit_breaks_number_agreement():
+    assert P._edit(["The", "dogs", "are", "barking"], "agreement", random.Random(0)) == ["The", "dogs", "is",
+                                                                                          "barking"]
+    assert P._edit(["Dogs", "bark"], "agreement", random.Random(0)) is None     # nothing to break: not applied
+
+
+def test_corrupt_is_seeded_and_refuses_what_it_cannot_change():
+    a, b = P.corrupt(SENTENCE, random.Random(3)), P.corrupt(SENTENCE, random.Random(3))
+    assert a == b and a[0] != SENTENCE and a[1] in P.OPS and a[0].endswith(".") and a[0][0].isupper()
+    assert P.corrupt("", random.Random(0)) is None
+
+
+def test_the_perturbed_label_is_made_from_the_other_labels_samples():
+    task, asked = get_task("cola"), []
+
+    def draw(batch_id, label, n):
+        asked.append(label)
+        return [{"text": f" {SENTENCE}", "label": label, "finished": True}, {"text": "", "label": label}][:n]
+
+    wrapped = P.perturbed_draw(task, draw, 0, seed=1)
+    plain = wrapped(1, 1, 2)
+    assert asked == [1] and plain == draw(1, 1, 2)                      # the other label: untouched
+    broken, unparsed = wrapped(2, 0, 2)
+    assert asked[-1] == 1                                               # generated as acceptable ...
+    assert broken["label"] == 0 and broken["fields"]["sentence"] != SENTENCE and broken["perturb"] in P.OPS
+    assert broken["source_text"] == SENTENCE
+    assert unparsed["unchanged"] and unparsed["label"] == 0            # ... and never stored uncorrupted
+
+
+def test_perturbation_is_refused_where_it_is_undefined():
+    with pytest.raises(RetriktError, match="single sentences"):
+        P.check_perturb(get_task("cb"), 0)
+    with pytest.raises(RetriktError, match="0 or 1"):
+        P.check_perturb(get_task("cola"), 2)
+
+
+def test_a_build_stores_corrupted_negatives_with_their_source(tmp_path, monkeypatch):
+    monkeypatch.setattr(SoftPromptGenerator, "generate", _fake_generate)
+    cfg = B.BuildConfig(task="cola", teacher="tiny-causal", embedder="tiny-encoder", per_label=4, batch_size=2,
+                        shots=8, prompt_epochs=1, label_demos=1, dedup_threshold=0.9999, label_mix="uniform",
+                        min_agreement=0.0, perturb_label=0, out=str(tmp_path / "store"))
+    store = Store.open(B.build_store(cfg))
+    entries = store.entries(range(len(store)))
+    negatives = [e for e in entries if e["label"] == 0]
+    assert negatives and all(e["meta"]["perturb"] in P.OPS for e in negatives)
+    assert all(e["fields"]["sentence"] != e["meta"]["source_text"] for e in negatives)
+    assert not any("perturb" in e["meta"] for e in entries if e["label"] == 1)
+    log = read_jsonl(store.folder / "build_log.jsonl")
+    assert sum(r["perturbed"] for r in log if r["label"] == 0) == 8 and store.manifest["stats"]["perturbed"] == 8
+    cfg.source, cfg.out = "oracle", str(tmp_path / "oracle")
+    with pytest.raises(RetriktError, match="generates none"):
+        B.build_store(cfg)
