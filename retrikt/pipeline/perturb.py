@@ -35,8 +35,10 @@ def _split(text: str) -> tuple[list[str], str]:
 def _edit(words: list[str], op: str, rng: random.Random) -> list[str] | None:
     """``words`` with one ``op`` edit applied, or None where the op cannot apply."""
     w, n = list(words), len(words)
-    if op == "swap" and n >= 2:
-        i = rng.randrange(n - 1)
+    # Swaps and moves leave the first word in place: a capitalised word moved inside the sentence (or a lower-case
+    # one moved to its start) would mark the edit by its case, a clue real unacceptable sentences do not carry.
+    if op == "swap" and n >= 3:
+        i = rng.randrange(1, n - 1)
         w[i], w[i + 1] = w[i + 1], w[i]
     elif op == "drop" and n >= 3:
         del w[rng.randrange(n)]
@@ -44,9 +46,9 @@ def _edit(words: list[str], op: str, rng: random.Random) -> list[str] | None:
         i = rng.randrange(n)
         w.insert(i, w[i])
     elif op == "move" and n >= 4:
-        i = rng.randrange(n)
+        i = rng.randrange(1, n)
         word = w.pop(i)
-        w.insert(rng.choice([j for j in range(n) if abs(j - i) > 1] or [0]), word)
+        w.insert(rng.choice([j for j in range(1, n) if abs(j - i) > 1] or [1]), word)
     elif op == "agreement":
         spots = [i for i, x in enumerate(w) if x.lower() in AGREEMENT]
         if not spots:
@@ -59,11 +61,11 @@ def _edit(words: list[str], op: str, rng: random.Random) -> list[str] | None:
     return w
 
 
-def corrupt(text: str, rng: random.Random, tries: int = 8) -> tuple[str, str] | None:
-    """(corrupted text, the edit's name), or None when no edit changes ``text`` (e.g. a one-word sentence)."""
+def corrupt(text: str, rng: random.Random) -> tuple[str, str] | None:
+    """(corrupted text, the edit's name): the first edit, in a random order, that applies and changes ``text``;
+    None when none does (an empty text)."""
     words, end = _split(text)
-    for _ in range(tries):
-        op = rng.choice(OPS)
+    for op in rng.sample(OPS, len(OPS)):
         edited = _edit(words, op, rng)
         if edited is None:
             continue

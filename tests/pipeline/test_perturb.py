@@ -25,6 +25,14 @@ def test_every_edit_changes_the_words_and_keeps_the_closing_punctuation(op):
     assert sorted(edited) != sorted(words) or op in ("swap", "move")   # swap / move keep the words, in another order
 
 
+@pytest.mark.parametrize("op", ["swap", "move"])
+def test_reordering_edits_leave_the_first_word_so_case_gives_no_clue(op):
+    words, _ = P._split(SENTENCE)
+    for seed in range(50):
+        edited = P._edit(words, op, random.Random(seed))
+        assert edited[0] == "The" and not any(w[:1].isupper() for w in edited[1:]) and edited != words
+
+
 def test_agreement_edit_breaks_number_agreement():
     assert P._edit(["The", "dogs", "are", "barking"], "agreement", random.Random(0)) == ["The", "dogs", "is",
                                                                                           "barking"]
