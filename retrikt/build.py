@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
           f"parse rate {s.get('parse_rate', 0):.2f}, keep rate {s.get('keep_rate', 0):.2f}, "
           f"teacher agreement {s.get('agreement', 0):.2f}, {s.get('tokens_per_s', 0):.1f} generated tokens/s; "
           f"filters caught {s.get('unfinished', 0)} unfinished, {s.get('label_words', 0)} naming their label, "
-          f"{s.get('disagree', 0)} disagreeing with the labeller")
+          f"{s.get('disagree', 0)} disagreeing with the labeller"
+          + (f"; {s['perturbed']} samples made by corruption (--perturb-label)" if s.get("perturbed") else ""))
     return 0
 
 

@@ -85,3 +85,12 @@ def test_a_build_stores_corrupted_negatives_with_their_source(tmp_path, monkeypa
     cfg.source, cfg.out = "oracle", str(tmp_path / "oracle")
     with pytest.raises(RetriktError, match="generates none"):
         B.build_store(cfg)
+
+
+def test_build_entry_point_reports_the_corrupted_samples(tmp_path, capsys):
+    from retrikt import build
+    assert build.main(["--smoke", "--task", "cola", "--perturb-label", "0", "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "samples made by corruption (--perturb-label)" in out
+    assert build.main(["--smoke", "--task", "rte", "--perturb-label", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "corrupts single sentences; rte has the fields" in capsys.readouterr().err
