@@ -76,6 +76,16 @@ def fmt(c: dict | None) -> str:
     return f"{c['mean']:.1f}{spread} <sub>{runs}n={n}, {c['examples_per_s']:.2f} ex/s</sub>"
 
 
+def cell_text(row: dict, task: str) -> str:
+    """A row's cell; a calibration that cannot apply to the task (multiple choice: no fixed label to be biased
+    towards) says so instead of looking like a run not done."""
+    from retrikt.tasks import get_task
+    from retrikt.teacher.lm import calibration_applies
+    if row["cells"][task] is None and row["calibration"] and not calibration_applies(get_task(task)):
+        return "n/a <sub>multiple choice: nothing to calibrate</sub>"
+    return fmt(row["cells"][task])
+
+
 def main(argv=None) -> None:
     cfg = parse_config(TeachersTable, argv, description=__doc__)
     table = collect(cfg)
@@ -94,7 +104,7 @@ def main(argv=None) -> None:
              "alone). The zero-shot qwen-0.5b and fine-tune rows are the compare grid's runs.", "",
              "| model | mode | " + " | ".join(cfg.tasks) + " |", "|---|---|" + "---|" * len(cfg.tasks)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['mode']} | " + " | ".join(fmt(r["cells"][t]) for t in cfg.tasks) + " |")
+        lines.append(f"| {r['model']} | {r['mode']} | " + " | ".join(cell_text(r, t) for t in cfg.tasks) + " |")
     lines += ["", "Commands: `python -m retrikt.train --task T --method teacher-lora|teacher-icl|teacher --teacher M "
               "--seeds 1 2 3 --out benchmarks/results/teachers/runs` (`--eval-limit N` where n is a prefix); "
               "table: `python -m benchmarks.teachers`."]

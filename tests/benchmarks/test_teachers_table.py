@@ -1,6 +1,6 @@
 import json
 
-from benchmarks.teachers import TeachersTable, collect, mode_name
+from benchmarks.teachers import TeachersTable, cell_text, collect, mode_name
 
 
 def _run(folder, method, cal, seed, main):
@@ -21,3 +21,10 @@ def test_a_batch_calibrated_teacher_is_its_own_row_beside_the_content_free_one(t
     assert [r["main"] for r in table[("teacher-icl", "qwen-1.5b", "batch")]["cola"]] == [0.30, 0.30]
     assert "batch-calibrated" in mode_name("teacher-icl", "batch")
     assert mode_name("teacher-icl", "") == "in-context, 4 demos, calibrated"
+
+
+def test_a_calibration_that_cannot_apply_is_marked_not_missing():
+    row = {"calibration": "batch", "cells": {"copa": None, "cb": None}}
+    assert cell_text(row, "copa").startswith("n/a")          # multiple choice: no label bias
+    assert cell_text(row, "cb") == "–"                         # could apply: simply not run
+    assert cell_text({"calibration": None, "cells": {"copa": None}}, "copa") == "–"
