@@ -15,7 +15,7 @@ from retrikt.io import RetriktError
 from retrikt.store.samples import parse
 
 OPS = ("swap", "drop", "repeat", "move", "agreement")
-# both directions of each pair: the edit swaps a form for its number / person counterpart
+# a form -> its number / person counterpart (both directions of the verb pairs; "a" and "himself" one way only)
 AGREEMENT = {"is": "are", "are": "is", "was": "were", "were": "was", "has": "have", "have": "has", "does": "do",
              "do": "does", "a": "many", "this": "these", "these": "this", "himself": "themselves"}
 TRAILING = ".!?;:,"
@@ -90,8 +90,8 @@ def check_perturb(task, label: int) -> int:
 
 def perturbed_draw(task, draw, label: int, seed: int, lenient: bool = False):
     """``draw`` with the batches of ``label`` made by corrupting samples drawn for the other label. A sample that
-    does not parse, or that no edit changes, passes on marked ``unchanged``, which the filter drops (generated, not
-    parsed): nothing is stored under ``label`` uncorrupted."""
+    does not parse, or that no edit changes (a lone "."), passes on marked ``unchanged``, which the filter drops
+    before parsing (generated, not parsed): nothing is stored under ``label`` uncorrupted."""
     source = check_perturb(task, label)
     field = task.text_fields[0]
 
@@ -104,7 +104,7 @@ def perturbed_draw(task, draw, label: int, seed: int, lenient: bool = False):
             fields = parse(task, s["text"], lenient=lenient)
             edit = corrupt(fields[field], rng) if fields else None
             if edit is None:   # unparseable or unchanged: dropped by the filter
-                out.append(dict(s, label=label, text="", fields=None, unchanged=True))
+                out.append(dict(s, label=label, unchanged=True))
                 continue
             out.append(dict(s, label=label, fields={field: edit[0]}, perturb=edit[1], source_text=fields[field]))
         return out

@@ -55,11 +55,25 @@ def test_the_perturbed_label_is_made_from_the_other_labels_samples():
     wrapped = P.perturbed_draw(task, draw, 0, seed=1)
     plain = wrapped(1, 1, 2)
     assert asked == [1] and plain == draw(1, 1, 2)                      # the other label: untouched
+    asked.clear()
     broken, unparsed = wrapped(2, 0, 2)
-    assert asked[-1] == 1                                               # generated as acceptable ...
+    assert asked == [1]                                                 # generated as acceptable ...
     assert broken["label"] == 0 and broken["fields"]["sentence"] != SENTENCE and broken["perturb"] in P.OPS
     assert broken["source_text"] == SENTENCE
     assert unparsed["unchanged"] and unparsed["label"] == 0            # ... and never stored uncorrupted
+
+
+def test_the_filter_drops_a_sample_no_edit_could_change():
+    """A lone "." parses as a sentence no edit changes; stored under the broken label it would be a clean sentence
+    labelled unacceptable, so the filter drops it before parsing."""
+    from retrikt import models
+    from retrikt.pipeline.filters import Filter
+    task = get_task("cola")
+    wrapped = P.perturbed_draw(task, lambda b, lab, n: [{"text": " .", "label": lab, "finished": True}], 0, seed=1)
+    (sample,) = wrapped(0, 0, 1)
+    assert sample["unchanged"]
+    kept, _, stats = Filter(task, set())([sample], models.load_sentence_transformer("tiny-encoder"))
+    assert kept == [] and stats["parsed"] == 0 and stats["generated"] == 1
 
 
 def test_perturbation_is_refused_where_it_is_undefined():
