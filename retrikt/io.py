@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,12 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
 
 
 @functools.cache
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 ** 3 if sys.platform == "darwin" else 1024 ** 2)
+
+
 def git_commit() -> str | None:
     """The commit of the retrikt checkout (with '-dirty' if its code has uncommitted changes), or None. Read once
     per process (entry points read it when they parse their config): the code a run executes is the code it started

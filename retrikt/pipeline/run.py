@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from retrikt import models
-from retrikt.io import RetriktError, append_jsonl
+from retrikt.io import RetriktError, append_jsonl, peak_rss_gib
 from retrikt.pipeline.config import BuildConfig
 from retrikt.pipeline.filters import Filter, agreement, label_entries, summarise_log
 from retrikt.pipeline.oracle import oracle_draw, oracle_inputs
@@ -224,8 +224,10 @@ def _finish(writer, task, plan: list[tuple[int, int, int]], out: Path, cfg: Buil
             t0: float) -> None:
     """Rank 0: merge the shards through the duplicate filters, write the index and the manifest."""
     stats = summarise_log(merge_shards(writer, task, plan, out, cfg.dedup_threshold))
+    # the process's peak so far: inside retrikt.compare it may include earlier builds of the same process
     writer.finalize(index_kind=cfg.index, extra_meta={"stats": stats, "world_size": world,
-                                                      "build_seconds": time.perf_counter() - t0})
+                                                      "build_seconds": time.perf_counter() - t0,
+                                                      "peak_rss_gib": peak_rss_gib()})
     logger.info("store %s: %d entries of %d %s; filters caught %d unfinished, %d naming their label, "
                 "%d disagreeing; keep rate %.2f, teacher agreement %.2f", out, stats["kept"], stats["generated"],
                 "drawn inputs" if cfg.source == "oracle" else "samples", stats["unfinished"], stats["label_words"],

@@ -48,6 +48,8 @@ def test_build_filters_labels_and_records_stats(cfg):
     assert len(e["soft_label"]) == 3 and abs(sum(e["soft_label"]) - 1) < 1e-4
     stats = store.manifest["stats"]
     assert stats["parse_rate"] == pytest.approx(18 / 24) and stats["kept"] == 12
+    # what the store benchmark reports as build minutes and peak memory
+    assert store.manifest["build_seconds"] > 0 and store.manifest["peak_rss_gib"] > 0.05
     # the labeller's answer states, written beside the store for its entries and its k-shot set
     from retrikt.store.teacher_keys import load_teacher_keys
     keys = load_teacher_keys(store)
