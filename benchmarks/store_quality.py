@@ -4,9 +4,10 @@
     python -m retrikt.build --config stores/cb.yaml --rl ppo --rl-steps 20 --out stores/cb-ppo
     python -m benchmarks.store_quality --stores stores/cb-sup stores/cb-ppo --name store_quality_cb
 
-Per store: entries, parse / keep rates and teacher agreement from the build log, mean pairwise cosine of the
-entry embeddings (lower = more diverse), distinct-1 / distinct-2 (unique n-grams / all n-grams over the entries'
-text), and the label balance. Writes benchmarks/results/<name>.{json,md}.
+Per store: samples generated, entries, parse / keep rates and teacher agreement from the build log, build minutes,
+the build process's peak resident memory and kept entries per hour (from the manifest; a resumed build counts only
+its last part), mean pairwise cosine of the entry embeddings (lower = more diverse), distinct-1 / distinct-2 (unique
+n-grams / all n-grams over the entries' text), and the label balance. Writes benchmarks/results/<name>.{json,md}.
 """
 from __future__ import annotations
 
@@ -67,7 +68,15 @@ def describe(path: str) -> dict:
             "parse_rate": stats.get("parse_rate"), "keep_rate": stats.get("keep_rate"),
             "agreement": stats.get("agreement"), "mean_pairwise_cosine": mean_pairwise_cosine(store.embeddings),
             "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
-            "labels": dict(sorted(labels.items())), "tokens_per_s": stats.get("tokens_per_s")}
+            "labels": dict(sorted(labels.items())), "tokens_per_s": stats.get("tokens_per_s"),
+            "generated": stats.get("generated")} | build_cost(store.manifest)
+
+
+def build_cost(manifest: dict) -> dict:
+    """Build minutes, peak memory and kept entries per hour; None where the manifest predates the field."""
+    seconds, entries = manifest.get("build_seconds"), manifest.get("counts", {}).get("entries")
+    return {"build_minutes": seconds / 60 if seconds else None, "peak_rss_gib": manifest.get("peak_rss_gib"),
+            "entries_per_hour": entries / seconds * 3600 if seconds and entries is not None else None}
 
 
 def main(argv=None) -> None:
@@ -76,17 +85,23 @@ def main(argv=None) -> None:
     rows = [describe(p) for p in cfg.stores]
     out = run_metadata(cfg) | {"rows": rows}
     atomic_write_json(RESULTS / f"{cfg.name}.json", out)
-    f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     lines = ["# Knowledge-store quality", "",
-             "| store | RL | final KL | entries | parse rate | keep rate | teacher agreement | mean pairwise cos | "
-             "distinct-1 | distinct-2 | labels |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['store']} | {r['rl']} | {f(r['final_kl'])} | {r['entries']} | {f(r['parse_rate'])} | {f(r['keep_rate'])} | "
-              f"{f(r['agreement'])} | {f(r['mean_pairwise_cosine'])} | {f(r['distinct_1'])} | {f(r['distinct_2'])} | "
-              f"{r['labels']} |" for r in rows]
+             "| store | RL | final KL | generated | entries | parse rate | keep rate | teacher agreement | build min | "
+             "peak RSS GiB | entries / h | mean pairwise cos | distinct-1 | distinct-2 | labels |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [table_row(r) for r in rows]
     lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.store_quality --stores "
               f"{' '.join(cfg.stores)} --name {cfg.name}`"]
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def table_row(r: dict) -> str:
+    f = lambda v, p=3: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
+    return (f"| {r['store']} | {r['rl']} | {f(r['final_kl'])} | {r.get('generated') or '–'} | {r['entries']} | "
+            f"{f(r['parse_rate'])} | {f(r['keep_rate'])} | {f(r['agreement'])} | {f(r.get('build_minutes'), 1)} | "
+            f"{f(r.get('peak_rss_gib'), 1)} | {f(r.get('entries_per_hour'), 0)} | {f(r['mean_pairwise_cosine'])} | "
+            f"{f(r['distinct_1'])} | {f(r['distinct_2'])} | {r['labels']} |")
 
 
 if __name__ == "__main__":

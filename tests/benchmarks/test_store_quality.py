@@ -12,3 +12,12 @@ def test_final_kl_is_the_last_logged_step(tmp_path):
     assert final_kl(str(tmp_path)) is None
     (tmp_path / "rl_log.jsonl").write_text('{"kl": 0.0}\n{"kl": 2.5}\n')
     assert final_kl(str(tmp_path)) == 2.5
+
+
+def test_build_cost_reads_minutes_memory_and_entries_per_hour_from_the_manifest():
+    from benchmarks.store_quality import build_cost
+    cost = build_cost({"build_seconds": 1800.0, "peak_rss_gib": 6.1, "counts": {"entries": 500}})
+    assert cost == {"build_minutes": 30.0, "peak_rss_gib": 6.1, "entries_per_hour": 1000.0}
+    # a store built before the fields existed shows gaps, not zeros
+    assert build_cost({"counts": {"entries": 12}}) == {"build_minutes": None, "peak_rss_gib": None,
+                                                      "entries_per_hour": None}
