@@ -40,3 +40,18 @@ def test_calibrated_store_labels_divide_by_the_labellers_prior(monkeypatch):
                                rtol=1e-5)
     store.manifest["config"]["label_calibration"] = "content-free"   # already calibrated when stored
     np.testing.assert_array_equal(bench.calibrated(store, task, soft, None), soft)
+
+
+def test_summary_averages_each_task_s_stores_against_their_own_k_shot_kNN():
+    from benchmarks.store_knn import summary
+    rows = [{"task": "sst2", "entries": 1000, "teacher_soft": {4: 0.70}, "kshot": {4: [0.60]}},
+            {"task": "sst2", "entries": 1200, "teacher_soft": {4: 0.66}, "kshot": {4: [0.64]}},
+            {"task": "cb", "entries": 30, "teacher_soft": {4: 0.40}, "kshot": {4: [0.50]}}]
+    lines = summary(rows, [4]).splitlines()
+    assert lines[2] == "| sst2 | 2 | 1000 / 1200 | 68.0 / 62.0 / +6.0 |"
+    assert lines[3] == "| cb | 1 | 30 | 40.0 / 50.0 / -10.0 |"
+
+
+def test_one_seed_shows_no_spread():
+    from benchmarks.store_knn import _spread
+    assert _spread([0.5]) == "50.0" and _spread([0.4, 0.6]) == "50.0 ± 10.0"
