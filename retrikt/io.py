@@ -181,13 +181,13 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
             lock.unlink()
 
 
-@functools.cache
 def peak_rss_gib() -> float:
     """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 ** 3 if sys.platform == "darwin" else 1024 ** 2)
 
 
+@functools.cache
 def git_commit() -> str | None:
     """The commit of the retrikt checkout (with '-dirty' if its code has uncommitted changes), or None. Read once
     per process (entry points read it when they parse their config): the code a run executes is the code it started

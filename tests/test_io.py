@@ -146,3 +146,15 @@ def test_edited_results_and_docs_do_not_mark_the_commit_dirty_but_edited_code_do
     git("checkout", "--", "train/c.yaml")
     (tmp_path / "retrikt/a.py").write_text("x = 2\n")
     assert commit_of(tmp_path) == head + "-dirty"
+
+
+def test_peak_rss_is_read_afresh_on_every_call(monkeypatch):
+    import resource
+    from types import SimpleNamespace
+
+    from retrikt import io
+    peaks = iter([1024 ** 2, 3 * 1024 ** 2])  # KiB, as Linux reports ru_maxrss
+    monkeypatch.setattr(io.sys, "platform", "linux")
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=next(peaks)))
+    # a cached value would report the first peak forever (a build's manifest would show the import's memory)
+    assert [io.peak_rss_gib(), io.peak_rss_gib()] == [1.0, 3.0]
