@@ -98,9 +98,9 @@ def main(argv=None) -> None:
 
 def table_row(r: dict) -> str:
     f = lambda v, p=3: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
-    return (f"| {r['store']} | {r['rl']} | {f(r['final_kl'])} | {r.get('generated') or '–'} | {r['entries']} | "
-            f"{f(r['parse_rate'])} | {f(r['keep_rate'])} | {f(r['agreement'])} | {f(r.get('build_minutes'), 1)} | "
-            f"{f(r.get('peak_rss_gib'), 1)} | {f(r.get('entries_per_hour'), 0)} | {f(r['mean_pairwise_cosine'])} | "
+    return (f"| {r['store']} | {r['rl']} | {f(r['final_kl'])} | {r['generated'] or '–'} | {r['entries']} | "
+            f"{f(r['parse_rate'])} | {f(r['keep_rate'])} | {f(r['agreement'])} | {f(r['build_minutes'], 1)} | "
+            f"{f(r['peak_rss_gib'], 1)} | {f(r['entries_per_hour'], 0)} | {f(r['mean_pairwise_cosine'])} | "
             f"{f(r['distinct_1'])} | {f(r['distinct_2'])} | {r['labels']} |")
 
 
