@@ -83,6 +83,15 @@ def calibrated(store, task, soft: np.ndarray, data_dir) -> np.ndarray:
     return (q / q.sum(1, keepdims=True)).astype(np.float32)
 
 
+def agreed_rows(entries: list[dict]) -> list[int] | None:
+    """Rows of the entries whose labeller agreed with their conditioned label, or None when the store holds no
+    disagreeing entry (the agreement filter already ran, or there was nothing to filter)."""
+    flags = [(e.get("meta") or {}).get("agree") for e in entries]
+    if False not in flags:
+        return None
+    return [i for i, a in enumerate(flags) if a]
+
+
 def diagnose(path: str, cfg: StoreKnnBench) -> dict:
     store = Store.open(path)
     task = get_task(store.manifest["task"])
@@ -99,6 +108,10 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
            "majority": max(np.bincount(gold, minlength=n)) / len(gold),
            "teacher_soft": _scores(task, gold, q, keys, soft, cfg.ks, cfg.tau),
            "conditioned": _scores(task, gold, q, keys, _onehot([e["label"] for e in entries], n), cfg.ks, cfg.tau)}
+    agreed = agreed_rows(entries)
+    if agreed is not None:  # built with --min-agreement 0: what the agreement filter would have kept
+        row["agreed_only"] = {"entries": len(agreed),
+                              "scores": _scores(task, gold, q, keys[agreed], soft[agreed], cfg.ks, cfg.tau)}
     if cfg.calibrate and calibration_applies(task):
         cal = calibrated(store, task, soft, cfg.data_dir)
         conditioned = np.asarray([e["label"] for e in entries])
@@ -130,6 +143,10 @@ def table(rows: list[dict], ks: list[int]) -> str:
         if "teacher_calibrated" in r:
             lines.append(lead + " store, teacher labels calibrated | " + " | ".join(
                 f"{100 * r['teacher_calibrated'][k]:.1f}" for k in ks) + " |")
+        if "agreed_only" in r:
+            a = r["agreed_only"]
+            lines.append(lead + f" store, teacher labels, only the {a['entries']} agreeing entries | " + " | ".join(
+                f"{100 * a['scores'][k]:.1f}" for k in ks) + " |")
         lines.append(lead + " store, conditioned labels | " + " | ".join(f"{100 * r['conditioned'][k]:.1f}" for k in ks) + " |")
         for key, name in (("kshot", "32 k-shot examples, gold (baseline)"), ("both", "store + k-shot examples")):
             lines.append(lead + f" {name} | " + " | ".join(_spread(r[key][k]) for k in ks) + " |")

@@ -55,3 +55,18 @@ def test_summary_averages_each_task_s_stores_against_their_own_k_shot_kNN():
 def test_one_seed_shows_no_spread():
     from benchmarks.store_knn import _spread
     assert _spread([0.5]) == "50.0" and _spread([0.4, 0.6]) == "50.0 ± 10.0"
+
+
+def test_agreed_rows_are_what_the_agreement_filter_would_keep():
+    from benchmarks.store_knn import agreed_rows
+    entries = [{"meta": {"agree": True}}, {"meta": {"agree": False}}, {"meta": {"agree": True}}, {"meta": {}}]
+    assert agreed_rows(entries) == [0, 2]
+    # a filtered store (no disagreeing entry kept) has no second row to show
+    assert agreed_rows([{"meta": {"agree": True}}, {"meta": {}}]) is None
+
+
+def test_table_shows_the_agreed_only_row_with_its_size():
+    from benchmarks.store_knn import table
+    row = {"store": "s", "entries": 10, "majority": 0.5, "teacher_soft": {4: 0.6}, "conditioned": {4: 0.55},
+           "agreed_only": {"entries": 4, "scores": {4: 0.7}}, "kshot": {4: [0.5]}, "both": {4: [0.6]}}
+    assert "| s | 10 | 50.0 | store, teacher labels, only the 4 agreeing entries | 70.0 |" in table([row], [4])
