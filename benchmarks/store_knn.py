@@ -183,6 +183,8 @@ def main(argv=None) -> None:
     meta = run_metadata(config=asdict(cfg), seeds=cfg.seeds)
     atomic_write_json(RESULTS / f"{cfg.name}.json", {**meta, "rows": rows})
     regen = f"python -m benchmarks.store_knn --stores {' '.join(cfg.stores)} --name {cfg.name}"
+    if not cfg.calibrate:
+        regen += " --calibrate false"
     md = (f"# kNN over the store vs over the k-shot set (validation, main metric x100)\n\n{table(rows, cfg.ks)}\n\n"
           f"Per task, mean over its stores (teacher labels; each store against its own seed's k-shot set):\n\n"
           f"{summary(rows, cfg.ks)}\n\n"
