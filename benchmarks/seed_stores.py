@@ -4,7 +4,8 @@
         --baselines benchmarks/results/compare/runs --teachers benchmarks/results/teachers/runs
 
 ``RUNS/<task>-s<seed>/<row>/`` holds ``retrikt.train --out`` folders (rows: kd, retrikt, retrikt-teacher-keys,
-kd-oracle); ``STORES/<task>-qwen-0.5b-s<seed>`` the generated stores (``-oracle``: the oracle reference). The
+kd-oracle), or, where those are absent, the flat layout: ``RUNS/runs/`` (a ``retrikt.compare --out`` folder's kd and
+retrikt runs), ``RUNS/no-relational/``, ``RUNS/kd-oracle/`` (one ``retrikt.train --out`` folder per row, all seeds); ``STORES/<task>-qwen-0.5b-s<seed>`` the generated stores (``-oracle``: the oracle reference). The
 fine-tune and teacher rows come from the committed grid / teacher runs of the same seeds. A retrikt run's ablations
 (``variants``: no retrieval at inference, the CV's best setting per key space) are scored on the same student.
 Writes benchmarks/results/seed_stores_<task>.{json,md}.
@@ -29,6 +30,9 @@ ROWS = (("finetune", "MiniLM fine-tune (32 gold)"), ("kd", "kd"),
         ("retrikt-store-keys", "retrikt, store keys"), ("retrikt-teacher-keys", "retrikt, teacher keys"),
         ("retrikt-no-relational", "retrikt, no relational loss (ablation)"), ("kd-oracle", "kd on the oracle store"),
         ("teacher-lora", "teacher: adapted qwen-0.5b (the labeller)"))
+
+# the flat layout: a retrikt.compare --out folder's runs/, plus one retrikt.train --out folder per ablation row
+FLAT = {"kd": "runs", "retrikt": "runs", "retrikt-no-relational": "no-relational"}
 
 RETRIKT_ROWS = ("retrikt", "retrikt-store-keys", "retrikt-teacher-keys", "retrikt-no-relational")
 
@@ -61,7 +65,10 @@ def _run(cfg: SeedStoresBench, row: str, seed: int) -> dict | None:
     if row == "teacher-lora":
         return _find(Path(cfg.teachers), cfg.task, "teacher-lora", seed)
     method = "kd" if row.startswith("kd") else "retrikt"
-    return _find(Path(cfg.runs) / f"{cfg.task}-s{seed}" / row, cfg.task, method, seed)
+    per_seed = Path(cfg.runs) / f"{cfg.task}-s{seed}" / row
+    if per_seed.is_dir():
+        return _find(per_seed, cfg.task, method, seed)
+    return _find(Path(cfg.runs) / FLAT.get(row, row), cfg.task, method, seed)
 
 
 def _store_stats(path: Path) -> dict | None:
