@@ -92,6 +92,13 @@ def agreed_rows(entries: list[dict]) -> list[int] | None:
     return [i for i, a in enumerate(flags) if a]
 
 
+def _uncalibrated_icl(store) -> bool:
+    """Whether the store's labels could still be calibrated afterwards: an in-context labeller whose labels were stored
+    uncalibrated (an adapted labeller has no content-free prior to divide out; a row equal to the raw one says nothing)."""
+    labeller = store.manifest.get("labeller") or {"kind": "icl"}
+    return labeller["kind"] != "adapted" and store.manifest["config"].get("label_calibration", "none") == "none"
+
+
 def diagnose(path: str, cfg: StoreKnnBench) -> dict:
     store = Store.open(path)
     task = get_task(store.manifest["task"])
@@ -112,7 +119,7 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
     if agreed is not None:  # built with --min-agreement 0: what the agreement filter would have kept
         row["agreed_only"] = {"entries": len(agreed),
                               "scores": _scores(task, gold, q, keys[agreed], soft[agreed], cfg.ks, cfg.tau)}
-    if cfg.calibrate and calibration_applies(task):
+    if cfg.calibrate and calibration_applies(task) and _uncalibrated_icl(store):
         cal = calibrated(store, task, soft, cfg.data_dir)
         conditioned = np.asarray([e["label"] for e in entries])
         row["teacher_calibrated"] = _scores(task, gold, q, keys, cal, cfg.ks, cfg.tau)

@@ -70,3 +70,14 @@ def test_table_shows_the_agreed_only_row_with_its_size():
     row = {"store": "s", "entries": 10, "majority": 0.5, "teacher_soft": {4: 0.6}, "conditioned": {4: 0.55},
            "agreed_only": {"entries": 4, "scores": {4: 0.7}}, "kshot": {4: [0.5]}, "both": {4: [0.6]}}
     assert "| s | 10 | 50.0 | store, teacher labels, only the 4 agreeing entries | 70.0 |" in table([row], [4])
+
+
+def test_calibrated_row_only_where_calibration_can_change_the_labels():
+    from types import SimpleNamespace
+
+    from benchmarks.store_knn import _uncalibrated_icl
+    def store(kind, cal):
+        return SimpleNamespace(manifest={"labeller": {"kind": kind}, "config": {"label_calibration": cal}})
+    assert _uncalibrated_icl(store("icl", "none"))
+    assert not _uncalibrated_icl(store("adapted", "none"))
+    assert not _uncalibrated_icl(store("icl", "batch"))
