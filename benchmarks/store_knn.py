@@ -63,14 +63,15 @@ def _scores(task, gold, q, keys, labels, ks, tau) -> dict[int, float]:
     return out
 
 
-def calibrated(store, task, soft: np.ndarray, data_dir) -> np.ndarray:
+def calibrated(store, task, soft: np.ndarray, data_dir) -> np.ndarray | None:
     """The store's teacher soft labels as ``--label-calibration content-free`` would have stored them: calibration
-    divides by the labeller's label prior (same teacher, same demonstrations), so it can be applied afterwards."""
+    divides by the labeller's label prior (same teacher, same demonstrations), so it can be applied afterwards.
+    None where it cannot change them (a row equal to the raw one would say nothing)."""
     from retrikt.teacher.lm import LMClassifier
     cfg = store.manifest["config"]
     labeller = store.manifest.get("labeller") or {"kind": "icl", "model": store.manifest["teacher"]}
     if cfg.get("label_calibration", "none") != "none" or labeller["kind"] == "adapted":
-        return soft  # already calibrated, or trained on the task's labels: no content-free prior to divide out
+        return None  # already calibrated, or trained on the task's labels: no content-free prior to divide out
     pool = {e["idx"]: e for e in load_split(task, "train", data_dir=data_dir)}
     kshot = [pool[i] for i in store.manifest["kshot_idx"]]
     if "labeller" in store.manifest:  # the labeller's own demonstrations (pick_demos); older stores: the first ones
@@ -90,13 +91,6 @@ def agreed_rows(entries: list[dict]) -> list[int] | None:
     if False not in flags:
         return None
     return [i for i, a in enumerate(flags) if a]
-
-
-def _uncalibrated_icl(store) -> bool:
-    """Whether the store's labels could still be calibrated afterwards: an in-context labeller whose labels were stored
-    uncalibrated (an adapted labeller has no content-free prior to divide out; a row equal to the raw one says nothing)."""
-    labeller = store.manifest.get("labeller") or {"kind": "icl"}
-    return labeller["kind"] != "adapted" and store.manifest["config"].get("label_calibration", "none") == "none"
 
 
 def diagnose(path: str, cfg: StoreKnnBench) -> dict:
@@ -119,8 +113,8 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
     if agreed is not None:  # built with --min-agreement 0: what the agreement filter would have kept
         row["agreed_only"] = {"entries": len(agreed),
                               "scores": _scores(task, gold, q, keys[agreed], soft[agreed], cfg.ks, cfg.tau)}
-    if cfg.calibrate and calibration_applies(task) and _uncalibrated_icl(store):
-        cal = calibrated(store, task, soft, cfg.data_dir)
+    cal = calibrated(store, task, soft, cfg.data_dir) if cfg.calibrate and calibration_applies(task) else None
+    if cal is not None:
         conditioned = np.asarray([e["label"] for e in entries])
         row["teacher_calibrated"] = _scores(task, gold, q, keys, cal, cfg.ks, cfg.tau)
         row["agreement"] = {"raw": float((soft.argmax(1) == conditioned).mean()),

@@ -39,7 +39,7 @@ def test_calibrated_store_labels_divide_by_the_labellers_prior(monkeypatch):
     np.testing.assert_allclose(bench.calibrated(store, task, soft, None), want / want.sum(1, keepdims=True),
                                rtol=1e-5)
     store.manifest["config"]["label_calibration"] = "content-free"   # already calibrated when stored
-    np.testing.assert_array_equal(bench.calibrated(store, task, soft, None), soft)
+    assert bench.calibrated(store, task, soft, None) is None
 
 
 def test_summary_averages_each_task_s_stores_against_their_own_k_shot_kNN():
@@ -72,12 +72,10 @@ def test_table_shows_the_agreed_only_row_with_its_size():
     assert "| s | 10 | 50.0 | store, teacher labels, only the 4 agreeing entries | 70.0 |" in table([row], [4])
 
 
-def test_calibrated_row_only_where_calibration_can_change_the_labels():
+
+def test_no_calibrated_labels_from_an_adapted_labeller():
     from types import SimpleNamespace
 
-    from benchmarks.store_knn import _uncalibrated_icl
-    def store(kind, cal):
-        return SimpleNamespace(manifest={"labeller": {"kind": kind}, "config": {"label_calibration": cal}})
-    assert _uncalibrated_icl(store("icl", "none"))
-    assert not _uncalibrated_icl(store("adapted", "none"))
-    assert not _uncalibrated_icl(store("icl", "batch"))
+    import benchmarks.store_knn as bench
+    store = SimpleNamespace(manifest={"labeller": {"kind": "adapted"}, "config": {"label_calibration": "none"}})
+    assert bench.calibrated(store, None, np.ones((1, 2), dtype=np.float32), None) is None
