@@ -93,6 +93,15 @@ def agreed_rows(entries: list[dict]) -> list[int] | None:
     return [i for i, a in enumerate(flags) if a]
 
 
+def oracle_gold(entries: list[dict], pool: list[dict]) -> list[int] | None:
+    """The gold labels of an oracle store's real training inputs (its entries name their `train_idx`), or None for a
+    generated store. kNN with these labels is what the embedder's neighbours could give with a perfect labeller."""
+    idx = [(e.get("meta") or {}).get("train_idx") for e in entries]
+    if not idx or None in idx:
+        return None
+    return [int(pool[i]["label"]) for i in idx]
+
+
 def diagnose(path: str, cfg: StoreKnnBench) -> dict:
     store = Store.open(path)
     task = get_task(store.manifest["task"])
@@ -120,6 +129,10 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
         row["agreement"] = {"raw": float((soft.argmax(1) == conditioned).mean()),
                             "calibrated": float((cal.argmax(1) == conditioned).mean())}
     pool = load_split(task, "train", data_dir=cfg.data_dir)
+    real = oracle_gold(entries, pool)
+    if real is not None:
+        row["gold_labels"] = _scores(task, gold, q, keys, _onehot(real, n), cfg.ks, cfg.tau)
+        row["labeller_accuracy"] = float(np.mean(soft.argmax(1) == np.asarray(real)))
     per_seed, both = [], []
     # a per-seed store is compared with its own seed's k-shot set, the only labelled data its build saw
     seeds = [store.manifest["seed"]] if "seed" in store.manifest else cfg.seeds
@@ -149,6 +162,9 @@ def table(rows: list[dict], ks: list[int]) -> str:
             lines.append(lead + f" store, teacher labels, only the {a['entries']} agreeing entries | " + " | ".join(
                 f"{100 * a['scores'][k]:.1f}" for k in ks) + " |")
         lines.append(lead + " store, conditioned labels | " + " | ".join(f"{100 * r['conditioned'][k]:.1f}" for k in ks) + " |")
+        if "gold_labels" in r:
+            lines.append(lead + f" store, gold labels of its real inputs (labeller {100 * r['labeller_accuracy']:.1f}%"
+                         " right) | " + " | ".join(f"{100 * r['gold_labels'][k]:.1f}" for k in ks) + " |")
         for key, name in (("kshot", "32 k-shot examples, gold (baseline)"), ("both", "store + k-shot examples")):
             lines.append(lead + f" {name} | " + " | ".join(_spread(r[key][k]) for k in ks) + " |")
     return "\n".join(lines)

@@ -79,3 +79,18 @@ def test_no_calibrated_labels_from_an_adapted_labeller():
     import benchmarks.store_knn as bench
     store = SimpleNamespace(manifest={"labeller": {"kind": "adapted"}, "config": {"label_calibration": "none"}})
     assert bench.calibrated(store, None, np.ones((1, 2), dtype=np.float32), None) is None
+
+
+def test_oracle_gold_reads_the_real_labels_of_an_oracle_store_s_inputs():
+    from benchmarks.store_knn import oracle_gold
+    pool = [{"label": 0}, {"label": 1}, {"label": 1}]
+    assert oracle_gold([{"meta": {"train_idx": 2}}, {"meta": {"train_idx": 0}}], pool) == [1, 0]
+    # a generated store (any entry without a training index) has no gold labels to look up
+    assert oracle_gold([{"meta": {"train_idx": 2}}, {"meta": {"finished": True}}], pool) is None
+
+
+def test_table_shows_the_gold_row_with_the_labeller_s_accuracy():
+    from benchmarks.store_knn import table
+    row = {"store": "s", "entries": 10, "majority": 0.5, "teacher_soft": {4: 0.6}, "conditioned": {4: 0.55},
+           "gold_labels": {4: 0.75}, "labeller_accuracy": 0.646, "kshot": {4: [0.5]}, "both": {4: [0.6]}}
+    assert "| s | 10 | 50.0 | store, gold labels of its real inputs (labeller 64.6% right) | 75.0 |" in table([row], [4])
