@@ -99,7 +99,8 @@ def oracle_gold(entries: list[dict], pool: list[dict]) -> list[int] | None:
     idx = [(e.get("meta") or {}).get("train_idx") for e in entries]
     if not idx or None in idx:
         return None
-    return [int(pool[i]["label"]) for i in idx]
+    by_idx = {e["idx"]: e for e in pool}  # train_idx is the example's own idx (what the build's filter wrote)
+    return [int(by_idx[i]["label"]) for i in idx]
 
 
 def diagnose(path: str, cfg: StoreKnnBench) -> dict:

@@ -72,7 +72,6 @@ def test_table_shows_the_agreed_only_row_with_its_size():
     assert "| s | 10 | 50.0 | store, teacher labels, only the 4 agreeing entries | 70.0 |" in table([row], [4])
 
 
-
 def test_no_calibrated_labels_from_an_adapted_labeller():
     from types import SimpleNamespace
 
@@ -83,10 +82,11 @@ def test_no_calibrated_labels_from_an_adapted_labeller():
 
 def test_oracle_gold_reads_the_real_labels_of_an_oracle_store_s_inputs():
     from benchmarks.store_knn import oracle_gold
-    pool = [{"label": 0}, {"label": 1}, {"label": 1}]
-    assert oracle_gold([{"meta": {"train_idx": 2}}, {"meta": {"train_idx": 0}}], pool) == [1, 0]
+    # looked up by each example's idx, not its position in the list
+    pool = [{"idx": 10, "label": 0}, {"idx": 11, "label": 1}, {"idx": 12, "label": 1}]
+    assert oracle_gold([{"meta": {"train_idx": 12}}, {"meta": {"train_idx": 10}}], pool) == [1, 0]
     # a generated store (any entry without a training index) has no gold labels to look up
-    assert oracle_gold([{"meta": {"train_idx": 2}}, {"meta": {"finished": True}}], pool) is None
+    assert oracle_gold([{"meta": {"train_idx": 12}}, {"meta": {"finished": True}}], pool) is None
 
 
 def test_table_shows_the_gold_row_with_the_labeller_s_accuracy():
