@@ -10,9 +10,13 @@ filters against earlier batches (duplicates of anything accepted before) run whe
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from retrikt.store.samples import embed_examples, example_key, names_label, parse
+
+logger = logging.getLogger(__name__)
 
 
 class Filter:
@@ -119,3 +123,29 @@ def summarise_log(log: list[dict]) -> dict:
                   "parse_rate": tot["parsed"] / max(1, tot["generated"]),
                   "keep_rate": tot["kept"] / max(1, tot["generated"]),
                   "agreement": tot["agree"] / max(1, tot["kept"])}
+
+
+class YieldWatch:
+    """Warns once, early in a build, when few generated samples both parse and end before ``--max-new-tokens``. A
+    soft prompt that rambles or breaks the field format spends the whole build's time on a fraction of its entries
+    (CB seed 3 in session 18, docs/RESULTS.md), and its tuning loss does not show it; the build log's totals do, but
+    only at the end. Oracle inputs are never watched: they arrive parsed."""
+
+    def __init__(self, min_samples: int = 64, min_rate: float = 0.6):
+        self.min_samples, self.min_rate = min_samples, min_rate
+        self.generated = self.usable = 0
+        self.warned = False
+
+    def add(self, stats: dict, prompt_epochs: int) -> bool:
+        """Counts a batch's filter stats; True when this batch raised the warning."""
+        self.generated += stats["generated"]
+        self.usable += stats["parsed"] - stats["unfinished"]
+        rate = self.usable / max(1, self.generated)
+        if self.warned or self.generated < self.min_samples or rate >= self.min_rate:
+            return False
+        self.warned = True
+        logger.warning("only %d of the first %d samples parse and end before --max-new-tokens (%.0f%%): the soft "
+                       "prompt (%d tuning epochs) may be undertrained, and the store will keep about that share of "
+                       "its samples. The build goes on; to try more tuning, stop it and rebuild into a new --out "
+                       "with a larger --prompt-epochs", self.usable, self.generated, 100 * rate, prompt_epochs)
+        return True

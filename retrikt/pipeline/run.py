@@ -22,7 +22,7 @@ from pathlib import Path
 from retrikt import models
 from retrikt.io import RetriktError, append_jsonl, peak_rss_gib
 from retrikt.pipeline.config import BuildConfig
-from retrikt.pipeline.filters import Filter, agreement, label_entries, summarise_log
+from retrikt.pipeline.filters import Filter, YieldWatch, agreement, label_entries, summarise_log
 from retrikt.pipeline.oracle import oracle_draw, oracle_inputs
 from retrikt.pipeline.perturb import check_perturb, perturbed_draw
 from retrikt.pipeline.plan import BATCH_STRIDE, auto_max_new_tokens, batch_plan, label_counts
@@ -115,11 +115,14 @@ def generate_shard(cfg: BuildConfig, draw, filt: Filter, labeller: LMClassifier,
         done = shard.done_batches()
         todo = [b for b in batches if b[0] not in done]
         logger.info("%s: %d of %d batches left", folder, len(todo), len(batches))
+        watch = YieldWatch()
         for batch_id, label, n in progress(todo, desc=f"batches {folder.name}", leave=False):
             tg = time.perf_counter()
             samples = draw(batch_id, label, n)
             gen_s = time.perf_counter() - tg
             kept, emb, stats = filt(samples, embedder)
+            if cfg.source == "generated" and cfg.perturb_label < 0:
+                watch.add(stats, cfg.prompt_epochs)
             entries = label_entries(labeller, kept)
             keep, agreed = agreement(kept, entries, cfg.min_agreement)
             entries = [entries[i] for i in keep]
