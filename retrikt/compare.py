@@ -72,6 +72,8 @@ class CompareConfig:
     retrieval_keys: str = arg("auto", help="retrikt rows: key space of retrieval (store | student | teacher | auto, "
                                             "see retrikt.train --retrieval-keys)",
                               choices=["store", "student", "teacher", "auto"])
+    cv_folds: int = arg(4, help="retrikt rows: folds of the cross-validation that chooses k, beta, tau on the k-shot "
+                                "set (see retrikt.train --cv-folds); each fold trains a student")
     epochs: int = arg(20, help="training epochs over the k-shot set (encoder students)")
     lm_epochs: int = arg(3, help="training epochs of the causal-LM student (parametric; paper: 3, at lr 3e-4)")
     parametric_seeds: int = arg(32, help="parametric: seed samples for the sensitivity (paper: 32)")
@@ -133,7 +135,7 @@ def train_config(cfg: CompareConfig, label: str, task: str, seed: int) -> TrainC
     if lm:
         extra["parametric_seeds"] = cfg.parametric_seeds
     if r.method.name == "retrikt":
-        extra["retrieval_keys"] = cfg.retrieval_keys
+        extra.update(retrieval_keys=cfg.retrieval_keys, cv_folds=cfg.cv_folds)
     if r.method.students == ("teacher",):
         extra["teacher_calibration"] = cfg.teacher_calibration
     return TrainConfig(task=task, method=r.method.name, init=r.init.name,
@@ -219,6 +221,10 @@ def _done(cfg: CompareConfig, tc) -> bool:
         # merged from another set of tasks (the grid grew): its init is not this grid's
         logger.info("%s %s seed %d merged %s, the grid now merges %s: redoing it",
                     tc.task, r.label, tc.seeds[0], recorded.get("adapters"), list(tc.adapters))
+        return False
+    if r.method.name == "retrikt" and recorded.get("cv_folds", tc.cv_folds) != tc.cv_folds:
+        logger.info("%s %s seed %d chose its settings by %s-fold CV, now %d: redoing it", tc.task, r.label,
+                    tc.seeds[0], recorded.get("cv_folds"), tc.cv_folds)
         return False
     if (r.method.students == ("teacher",) and calibration_applies(get_task(tc.task))
             and recorded.get("teacher_calibration", "none") != tc.teacher_calibration):

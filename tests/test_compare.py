@@ -322,3 +322,27 @@ def test_batch_calibrated_zero_shot_teacher_runs_on_every_seed(tmp_path):
     assert compare.main(_args(tmp_path, "--teacher-calibration", "batch", "--methods", "teacher")) == 0
     runs = sorted(p.name for p in (tmp_path / "cmp" / "runs").glob("*.json"))
     assert len(runs) == 2 and all("teacher" in r for r in runs)
+
+
+def test_cv_folds_reach_the_retrikt_rows_and_a_run_of_other_folds_is_redone(tmp_path):
+    import json
+    from retrikt.io import MANIFEST, sha256_file
+    cfg = compare.CompareConfig(tasks=["cb"], seeds=[1], cv_folds=3, out=str(tmp_path / "cmp"),
+                                stores=str(tmp_path / "stores"))
+    tc = compare.train_config(cfg, "retrikt", "cb", 1)
+    assert tc.cv_folds == 3
+    assert compare.train_config(cfg, "kd", "cb", 1).cv_folds == 4  # TrainConfig's default, unused by kd
+    store = tmp_path / "stores" / "cb-qwen-0.5b-s1"
+    store.mkdir(parents=True)
+    (store / MANIFEST).write_text("{}")
+    assert tc.store == str(store)
+    result = compare.result_file(cfg, tc)
+    result.parent.mkdir(parents=True)
+
+    def write(folds):
+        config = dataclasses.asdict(tc) | {"cv_folds": folds}
+        result.write_text(json.dumps({"config": config, "store_checksum": sha256_file(store / MANIFEST)}))
+    write(3)
+    assert compare._done(cfg, tc)
+    write(4)  # settings chosen by another CV: not this table's row
+    assert not compare._done(cfg, tc)
