@@ -85,7 +85,7 @@ def read_shards(out: Path, meta: dict) -> tuple[dict, dict]:
     cands: dict[int, tuple[list[dict], np.ndarray]] = {}
     logs: dict[int, dict] = {}
     for folder in shard_dirs(out):
-        with StoreWriter(folder, meta) as shard:  # takes the shard's lock: its rank must have finished
+        with StoreWriter(folder, meta, reading=True) as shard:  # takes the shard's lock: its rank must have finished
             done, entries, emb = shard.done_batches(), shard.accepted_entries(), shard.accepted_embeddings()
         records = _last_records(folder / LOG)
         rows: dict[int, list[int]] = {b: [] for b in done}

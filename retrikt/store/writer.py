@@ -52,8 +52,10 @@ class StoreWriter:
     folder lock from construction until :meth:`finalize` / :meth:`close` (use it as a context manager).
     """
 
-    def __init__(self, folder: str | os.PathLike, meta: dict):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | os.PathLike, meta: dict, reading: bool = False):
+        """``reading``: opened to read a finished shard back (the merge), not to resume writing it, so the log does
+        not announce a resume."""
+        self.folder, self._reading = Path(folder), reading
         self.meta = _check_meta(meta)
         self.dim = self.meta["embedder"]["dim"]
         self.parts = self.folder / PARTS
@@ -93,7 +95,8 @@ class StoreWriter:
                                        "folder")
             if old.get("config") != self.meta["config"]:
                 logger.warning("%s: resuming with a different config; the manifest records the new one", state)
-            logger.info("%s: resuming, %d batches already written", self.folder, len(self.done_batches()))
+            if not self._reading:
+                logger.info("%s: resuming, %d batches already written", self.folder, len(self.done_batches()))
         atomic_write_json(state, self.meta)
 
     def __enter__(self) -> "StoreWriter":

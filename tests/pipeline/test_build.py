@@ -1,5 +1,6 @@
 """The build pipeline with tiny random models and a scripted generator: filtering, stats and kill-and-resume."""
 import json
+import logging
 
 import pytest
 
@@ -37,8 +38,14 @@ def _keys(store):
     return sorted(json.dumps(e["fields"], sort_keys=True) for e in store.entries(range(len(store))))
 
 
-def test_build_filters_labels_and_records_stats(cfg):
-    path = B.build_store(cfg)
+def _resume_lines(caplog):
+    return [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
+
+
+def test_build_filters_labels_and_records_stats(cfg, caplog):
+    with caplog.at_level(logging.INFO):
+        path = B.build_store(cfg)
+    assert _resume_lines(caplog) == []  # the merge reads the shards back; a fresh build does not say it resumes
     store = Store.open(path, expected_embedder={"name": "tiny-encoder", "dim": 64})
     log = read_jsonl(path / "build_log.jsonl")
     assert len(log) == 6  # 3 labels x 2 batches
@@ -57,7 +64,7 @@ def test_build_filters_labels_and_records_stats(cfg):
 
 
 @pytest.mark.parametrize("label_mix", ["uniform", "kshot"])
-def test_killed_build_resumes_without_duplicates_or_losses(cfg, tmp_path, monkeypatch, label_mix):
+def test_killed_build_resumes_without_duplicates_or_losses(cfg, tmp_path, monkeypatch, label_mix, caplog):
     cfg.label_mix = label_mix
     reference = Store.open(B.build_store(cfg))
     n_batches = len(read_jsonl(reference.folder / "build_log.jsonl"))
@@ -76,7 +83,10 @@ def test_killed_build_resumes_without_duplicates_or_losses(cfg, tmp_path, monkey
         B.build_store(cfg)
     assert not (tmp_path / "resumed" / "manifest.json").exists()
     calls["n"] = -100  # count the second run's batches without dying again
-    resumed = Store.open(B.build_store(cfg))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        resumed = Store.open(B.build_store(cfg))
+    assert any(m.endswith("rank-0: resuming, 3 batches already written") for m in _resume_lines(caplog))
     assert calls["n"] == -100 + n_batches - 3  # the 3 batches finished before the kill were not generated again
     assert _keys(resumed) == _keys(reference)
     assert (tmp_path / "resumed" / "prompt" / "manifest.json").exists()
