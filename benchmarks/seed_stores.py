@@ -48,6 +48,8 @@ class SeedStoresBench:
     note: str = arg("", help="a line under the table (how the runs were made)")
     store_suffix: str = arg("", help="stores named <task>-qwen-0.5b-s<seed><suffix>[-oracle] (e.g. -1k)")
     name: str = arg("", help="results file stem (default seed_stores_<task>)")
+    previous: str = arg("", help="an earlier seed_stores JSON: the store and oracle stats of seeds whose store "
+                                 "folder is gone (stores are never committed) are taken from it, and the table says so")
 
 
 def _find(folder: Path, task: str, method: str, seed: int) -> dict | None:
@@ -84,6 +86,21 @@ def _store_stats(path: Path) -> dict | None:
             "tokens_per_s": s.get("tokens_per_s")}
 
 
+def _all_store_stats(cfg: SeedStoresBench) -> tuple[dict, dict, list[str]]:
+    """{seed: stats} of the generated and the oracle stores, and which of them came from ``cfg.previous``."""
+    prev = json.loads(Path(cfg.previous).read_text()) if cfg.previous else {}
+    found, carried = {}, []
+    for kind, suffix in (("stores", ""), ("oracles", "-oracle")):
+        found[kind] = {}
+        for s in cfg.seeds:
+            stats = _store_stats(Path(cfg.stores) / f"{cfg.task}-qwen-0.5b-s{s}{cfg.store_suffix}{suffix}")
+            if stats is None and prev.get(kind, {}).get(str(s)):
+                stats = prev[kind][str(s)]
+                carried.append(f"{kind[:-1]} seed {s}")
+            found[kind][s] = stats
+    return found["stores"], found["oracles"], carried
+
+
 def _one_class(r: dict) -> float:
     preds = Counter(p["pred"] for p in r.get("predictions") or [])
     return max(preds.values()) / sum(preds.values()) if preds else float("nan")
@@ -99,9 +116,7 @@ def _fmt(vals: list[float]) -> str:
 def main(argv=None) -> None:
     cfg = parse_config(SeedStoresBench, argv, description=__doc__)
     runs = {(row, s): _run(cfg, row, s) for row, _ in ROWS for s in cfg.seeds}
-    stores = {s: _store_stats(Path(cfg.stores) / f"{cfg.task}-qwen-0.5b-s{s}{cfg.store_suffix}") for s in cfg.seeds}
-    oracles = {s: _store_stats(Path(cfg.stores) / f"{cfg.task}-qwen-0.5b-s{s}{cfg.store_suffix}-oracle")
-               for s in cfg.seeds}
+    stores, oracles, carried = _all_store_stats(cfg)
     lines = [f"# {cfg.task}: per-seed stores and the students on them", "",
              "Every row saw only its seed's 32 labelled examples (the store, its prompt, its labeller: that seed's). "
              "Validation set, whole.", "",
@@ -138,6 +153,8 @@ def main(argv=None) -> None:
         cells = [_cell(stores[s], key) for s in cfg.seeds]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines.append("| oracle entries | " + " | ".join(_cell(oracles[s], "entries") for s in cfg.seeds) + " |")
+    if carried:
+        lines += ["", f"Store stats of {', '.join(carried)} from {cfg.previous} (those store folders are gone)."]
     if cfg.note:
         lines += ["", cfg.note]
     out = run_metadata(cfg) | {"runs": {f"{row} s{s}": {k: v for k, v in (r or {}).items() if k != "predictions"}

@@ -26,3 +26,20 @@ def test_per_seed_layout_wins_over_the_flat_one(tmp_path):
     _write(tmp_path / "runs", "kd", 1, 0.70)
     _write(tmp_path / "sst2-s1" / "kd", "kd", 1, 0.66)
     assert _run(SeedStoresBench(runs=str(tmp_path)), "kd", 1)["main"] == 0.66
+
+
+def test_store_stats_of_gone_folders_come_from_the_previous_table_and_say_so(tmp_path):
+    from benchmarks.seed_stores import _all_store_stats
+    store = tmp_path / "stores" / "sst2-qwen-0.5b-s3"
+    store.mkdir(parents=True)
+    (store / "manifest.json").write_text(json.dumps({"counts": {"entries": 512}, "stats": {}, "build_seconds": 3600}))
+    prev = tmp_path / "prev.json"
+    prev.write_text(json.dumps({"stores": {"1": {"entries": 567}, "3": {"entries": 216}},
+                                "oracles": {"1": {"entries": 217}}}))
+    cfg = SeedStoresBench(task="sst2", seeds=[1, 2, 3], stores=str(tmp_path / "stores"), previous=str(prev))
+    stores, oracles, carried = _all_store_stats(cfg)
+    # a store on disk wins over the earlier table; a seed in neither has none
+    assert [(stores[s] or {}).get("entries") for s in (1, 2, 3)] == [567, None, 512]
+    assert oracles[1] == {"entries": 217} and oracles[3] is None
+    assert carried == ["store seed 1", "oracle seed 1"]
+    assert _all_store_stats(SeedStoresBench(task="sst2", seeds=[1], stores=str(tmp_path / "stores")))[2] == []
