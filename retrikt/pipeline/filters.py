@@ -36,7 +36,8 @@ class Filter:
 
     def __call__(self, samples: list[dict], embedder) -> tuple[list[dict], np.ndarray, dict]:
         stats = {"generated": len(samples), "parsed": 0, "copies": 0, "exact_dups": 0, "unfinished": 0,
-                 "label_words": 0, "near_dups": 0, "perturbed": sum("perturb" in s for s in samples)}
+                 "label_words": 0, "near_dups": 0, "perturbed": sum("perturb" in s for s in samples),
+                 "completed": sum(bool(s.get("completed")) for s in samples), "completed_parsed": 0}
         kept, seen = [], set()
         for s in samples:
             if s.get("unchanged"):  # a sample a corruption could not change (retrikt.pipeline.perturb)
@@ -45,6 +46,7 @@ class Filter:
             if fields is None:
                 continue
             stats["parsed"] += 1
+            stats["completed_parsed"] += bool(s.get("completed"))
             key = example_key(self.task, fields)
             if key in self.forbidden:
                 stats["copies"] += 1
@@ -109,7 +111,8 @@ def agreement(kept: list[dict], entries: list[dict], min_agreement: float) -> tu
 
 
 LOG_COUNTS = ("generated", "parsed", "copies", "exact_dups", "unfinished", "label_words", "disagree", "agreed",
-              "near_dups", "kept", "agree", "new_tokens", "perturbed")
+              "near_dups", "kept", "agree", "new_tokens", "perturbed", "completed",
+              "completed_parsed")
 
 
 def summarise_log(log: list[dict]) -> dict:

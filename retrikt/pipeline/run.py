@@ -29,7 +29,7 @@ from retrikt.pipeline.plan import BATCH_STRIDE, auto_max_new_tokens, batch_plan,
 from retrikt.pipeline.conditions import Conditioner
 from retrikt.pipeline.prompt import check_rl_backend, shared_generator
 from retrikt.progress import progress
-from retrikt.store.samples import embed_examples, embedding_dim, example_key
+from retrikt.store.samples import embed_examples, embedding_dim, example_key, missing_field
 from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
 from retrikt.tasks import get_task, load_split, sample_few_shot
 from retrikt.teacher.adapted import adapt_config
@@ -101,8 +101,26 @@ def _generated_draw(cfg: BuildConfig, task, gen, conditioner):
         samples = gen.generate(conditioner.batch(label, n, seed), n_per_condition=1,
                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                batch_size=cfg.batch_size, seed=seed, max_time=cfg.batch_timeout)
+        if cfg.complete_fields:
+            samples = complete_fields(cfg, task, gen, samples, seed)
         return [dict(s, label=label) for s in samples]
     return draw
+
+
+def complete_fields(cfg: BuildConfig, task, gen, samples: list[dict], seed: int) -> list[dict]:
+    """Continue each finished sample that stopped after its first field(s) from the next field's cue, once."""
+    todo = [(i, f) for i, s in enumerate(samples) if s["finished"] and (f := missing_field(task, s["text"]))]
+    if not todo:
+        return samples
+    heads = [samples[i]["text"].rstrip() + f"\n{f}:" for i, f in todo]
+    more = gen.generate([samples[i]["condition"] + h for (i, _), h in zip(todo, heads)], n_per_condition=1,
+                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        batch_size=cfg.batch_size, seed=seed + 500_009, max_time=cfg.batch_timeout)
+    out = list(samples)
+    for (i, _), head, m in zip(todo, heads, more):
+        out[i] = dict(samples[i], text=head + m["text"], finished=m["finished"], completed=True,
+                      tokens=list(samples[i].get("tokens", ())) + list(m.get("tokens", ())))
+    return out
 
 
 def generate_shard(cfg: BuildConfig, draw, filt: Filter, labeller: LMClassifier, embedder, meta: dict,

@@ -75,6 +75,17 @@ def parse(task, generated: str, lenient: bool = False) -> dict | None:
     return _split_words(task, text) if lenient else None
 
 
+def missing_field(task, generated: str) -> str | None:
+    """The next field's name when ``generated`` holds the first fields, each a good "cue: value" line, and nothing
+    after them (the generator ended the sample early); None when it parses or is garbled."""
+    lines = [ln.strip() for ln in f"{task.text_fields[0]}:{generated}".strip().split("\n") if ln.strip()]
+    if not 0 < len(lines) < len(task.text_fields):
+        return None
+    if all(re.match(r"^([A-Za-z][\w ]{0,30}?)\s*:\s*(.+)$", ln) for ln in lines):
+        return task.text_fields[len(lines)]
+    return None
+
+
 def _split_words(task, text: str) -> dict | None:
     cues = {f"{f}:" for f in task.text_fields}
     words = [w for w in text.split() if w not in cues]

@@ -296,3 +296,26 @@ def test_oracle_draw_is_seeded_and_excludes_the_kshot_examples():
     assert a != oracle_inputs(task, pool, kshot, [4, 3, 30], seed=2)
     assert [len(a[lab]) for lab in range(3)] == [4, 3, 18]  # label 2 has only 20 - 2 outside the k-shot set
     assert all(e["label"] == lab and e["idx"] >= 6 for lab in a for e in a[lab])
+
+
+def test_complete_fields_continues_only_samples_that_stopped_after_their_first_field(cfg):
+    from retrikt.store.samples import parse
+    from retrikt.tasks import get_task
+    task = get_task("cb")
+    head = "task: cb\nlabel: entailment\npremise:"
+    seen = []
+
+    class Gen:
+        def generate(self, conditions, **kw):
+            seen.extend(conditions)
+            return [{"condition": c, "text": " a cat sat", "tokens": [7, 8], "finished": True} for c in conditions]
+
+    samples = [{"condition": head, "text": " the dog ran", "tokens": [1], "finished": True},   # no hypothesis
+               {"condition": head, "text": " x y\nhypothesis: z", "tokens": [1], "finished": True},  # parses
+               {"condition": head, "text": " the dog", "tokens": [1], "finished": False},  # cut off: dropped later
+               {"condition": head, "text": " no\nfield here", "tokens": [1], "finished": True}]  # garbled
+    out = B.complete_fields(cfg, task, Gen(), samples, seed=3)
+    assert seen == [head + " the dog ran\nhypothesis:"]
+    assert parse(task, out[0]["text"]) == {"premise": "the dog ran", "hypothesis": "a cat sat"}
+    assert out[0]["completed"] and out[0]["tokens"] == [1, 7, 8] and out[0]["finished"]
+    assert out[1:] == samples[1:]

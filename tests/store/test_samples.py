@@ -112,3 +112,14 @@ def test_a_minilm_students_query_equals_its_pair_key_at_initialisation():
     enc, tok = models.load_encoder("minilm-l6")
     query = EncoderClassifier(enc, tok, task).encode(exs)
     np.testing.assert_allclose((key * query).sum(1), 1.0, atol=1e-4)
+
+
+def test_missing_field_names_the_next_field_only_after_good_first_lines():
+    from retrikt.store.samples import missing_field
+    from retrikt.tasks import get_task
+    cb, sst2 = get_task("cb"), get_task("sst2")
+    assert missing_field(cb, " A man sat.") == "hypothesis"
+    assert missing_field(cb, " A man sat.\nhypothesis: he sat") is None   # complete
+    assert missing_field(cb, " A man sat.\nand then he left") is None     # a second line that is no field
+    assert missing_field(cb, "   ") is None                               # nothing written
+    assert missing_field(sst2, " a fine film") is None                    # one field: nothing to complete
