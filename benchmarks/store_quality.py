@@ -69,7 +69,8 @@ def describe(path: str) -> dict:
             "agreement": stats.get("agreement"), "mean_pairwise_cosine": mean_pairwise_cosine(store.embeddings),
             "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
             "labels": dict(sorted(labels.items())), "tokens_per_s": stats.get("tokens_per_s"),
-            "generated": stats.get("generated")} | build_cost(store.manifest)
+            "generated": stats.get("generated"), "completed": stats.get("completed"),
+            "completed_parsed": stats.get("completed_parsed")} | build_cost(store.manifest)
 
 
 def build_cost(manifest: dict) -> dict:
@@ -90,10 +91,22 @@ def main(argv=None) -> None:
              "peak RSS GiB | entries / h | mean pairwise cos | distinct-1 | distinct-2 | labels |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines += [table_row(r) for r in rows]
+    lines += completion_lines(rows)
     lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.store_quality --stores "
               f"{' '.join(cfg.stores)} --name {cfg.name}`"]
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def completion_lines(rows: list[dict]) -> list[str]:
+    """For stores built with --complete-fields: how many samples were continued, and the parse rate without them."""
+    done = [r for r in rows if r.get("completed")]
+    if not done:
+        return []
+    return ["", "Built with `--complete-fields` (samples that stopped after their first field, continued once):"] + [
+        f"- {r['store']}: {r['completed']} continued, {r['completed_parsed']} of them parse; parse rate "
+        f"{r['parse_rate']:.3f}, {(r['parse_rate'] * r['generated'] - r['completed_parsed']) / r['generated']:.3f} "
+        "without them" for r in done]
 
 
 def table_row(r: dict) -> str:

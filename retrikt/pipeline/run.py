@@ -253,3 +253,6 @@ def _finish(writer, task, plan: list[tuple[int, int, int]], out: Path, cfg: Buil
                 "%d disagreeing; keep rate %.2f, teacher agreement %.2f", out, stats["kept"], stats["generated"],
                 "drawn inputs" if cfg.source == "oracle" else "samples", stats["unfinished"], stats["label_words"],
                 stats["disagree"], stats["keep_rate"], stats["agreement"])
+    if stats["completed"]:
+        logger.info("store %s: %d samples stopped after their first field(s) and were continued; %d of them parse",
+                    out, stats["completed"], stats["completed_parsed"])

@@ -21,3 +21,12 @@ def test_build_cost_reads_minutes_memory_and_entries_per_hour_from_the_manifest(
     # a store built before the fields existed shows gaps, not zeros
     assert build_cost({"counts": {"entries": 12}}) == {"build_minutes": None, "peak_rss_gib": None,
                                                       "entries_per_hour": None}
+
+
+def test_completion_lines_give_the_parse_rate_without_the_continued_samples():
+    from benchmarks.store_quality import completion_lines
+    rows = [{"store": "a", "completed": 30, "completed_parsed": 30, "parse_rate": 59 / 96, "generated": 96},
+            {"store": "b", "completed": None, "parse_rate": 0.5, "generated": 10}]
+    lines = completion_lines(rows)
+    assert len(lines) == 3 and lines[2] == "- a: 30 continued, 30 of them parse; parse rate 0.615, 0.302 without them"
+    assert completion_lines(rows[1:]) == []
