@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from retrikt.store.samples import embed_examples, example_key, names_label, parse
+from retrikt.store.samples import embed_examples, example_key, missing_field, names_label, parse
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +37,15 @@ class Filter:
     def __call__(self, samples: list[dict], embedder) -> tuple[list[dict], np.ndarray, dict]:
         stats = {"generated": len(samples), "parsed": 0, "copies": 0, "exact_dups": 0, "unfinished": 0,
                  "label_words": 0, "near_dups": 0, "perturbed": sum("perturb" in s for s in samples),
-                 "completed": sum(bool(s.get("completed")) for s in samples), "completed_parsed": 0}
+                 "completed": sum(bool(s.get("completed")) for s in samples), "completed_parsed": 0,
+                 "first_field_only": 0}
         kept, seen = [], set()
         for s in samples:
             if s.get("unchanged"):  # a sample a corruption could not change (retrikt.pipeline.perturb)
                 continue
             fields = s.get("fields") or parse(self.task, s["text"], lenient=self.lenient)
             if fields is None:
+                stats["first_field_only"] += bool(s.get("finished", True) and missing_field(self.task, s["text"]))
                 continue
             stats["parsed"] += 1
             stats["completed_parsed"] += bool(s.get("completed"))
@@ -112,7 +114,7 @@ def agreement(kept: list[dict], entries: list[dict], min_agreement: float) -> tu
 
 LOG_COUNTS = ("generated", "parsed", "copies", "exact_dups", "unfinished", "label_words", "disagree", "agreed",
               "near_dups", "kept", "agree", "new_tokens", "perturbed", "completed",
-              "completed_parsed")
+              "completed_parsed", "first_field_only")
 
 
 def summarise_log(log: list[dict]) -> dict:
@@ -131,24 +133,32 @@ def summarise_log(log: list[dict]) -> dict:
 class YieldWatch:
     """Warns once, early in a build, when few generated samples both parse and end before ``--max-new-tokens``. A
     soft prompt that rambles or breaks the field format spends the whole build's time on a fraction of its entries
-    (CB seed 3 in session 18, docs/RESULTS.md), and its tuning loss does not show it; the build log's totals do, but
-    only at the end. Oracle inputs are never watched: they arrive parsed."""
+    (CB seed 3 in sessions 18-19, docs/RESULTS.md), and its tuning loss does not show it; the build log's totals do,
+    but only at the end. The warning names the remedy that fits the failure: samples that stop after their first
+    field can be continued (--complete-fields); longer tuning did not help there. Oracle inputs are never watched:
+    they arrive parsed."""
 
     def __init__(self, min_samples: int = 64, min_rate: float = 0.6):
         self.min_samples, self.min_rate = min_samples, min_rate
-        self.generated = self.usable = 0
+        self.generated = self.usable = self.first_only = 0
         self.warned = False
 
     def add(self, stats: dict, prompt_epochs: int) -> bool:
         """Counts a batch's filter stats; True when this batch raised the warning."""
         self.generated += stats["generated"]
         self.usable += stats["parsed"] - stats["unfinished"]
+        self.first_only += stats.get("first_field_only", 0)
         rate = self.usable / max(1, self.generated)
         if self.warned or self.generated < self.min_samples or rate >= self.min_rate:
             return False
         self.warned = True
-        logger.warning("only %d of the first %d samples parse and end before --max-new-tokens (%.0f%%): the soft "
-                       "prompt (%d tuning epochs) may be undertrained, and the store will keep about that share of "
-                       "its samples. The build goes on; to try more tuning, stop it and rebuild into a new --out "
-                       "with a larger --prompt-epochs", self.usable, self.generated, 100 * rate, prompt_epochs)
+        if self.first_only >= (self.generated - self.usable) / 2:
+            remedy = (f"{self.first_only} of them stopped after their first field: rebuild into a new --out with "
+                      "--complete-fields, which continues such samples from the next field's cue")
+        else:
+            remedy = (f"the soft prompt ({prompt_epochs} tuning epochs) may be undertrained: rebuild into a new "
+                      "--out with a larger --prompt-epochs")
+        logger.warning("only %d of the first %d samples parse and end before --max-new-tokens (%.0f%%), and the store "
+                       "will keep about that share of its samples. The build goes on; to do better, stop it: %s",
+                       self.usable, self.generated, 100 * rate, remedy)
         return True
