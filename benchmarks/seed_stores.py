@@ -89,6 +89,10 @@ def _store_stats(path: Path) -> dict | None:
 def _all_store_stats(cfg: SeedStoresBench) -> tuple[dict, dict, list[str]]:
     """{seed: stats} of the generated and the oracle stores, and which of them came from ``cfg.previous``."""
     prev = json.loads(Path(cfg.previous).read_text()) if cfg.previous else {}
+    for key in ("task", "store_suffix"):  # another task's or size's stores would fill the table silently
+        if prev and prev.get("config", {}).get(key, "") != getattr(cfg, key):
+            raise SystemExit(f"--previous {cfg.previous} is a table of {key} {prev['config'].get(key)!r}, not "
+                             f"{getattr(cfg, key)!r}")
     found, carried = {}, []
     for kind, suffix in (("stores", ""), ("oracles", "-oracle")):
         found[kind] = {}
@@ -160,7 +164,7 @@ def main(argv=None) -> None:
     out = run_metadata(cfg) | {"runs": {f"{row} s{s}": {k: v for k, v in (r or {}).items() if k != "predictions"}
                                         for (row, s), r in runs.items()},
                                "stores": {str(s): v for s, v in stores.items()},
-                               "oracles": {str(s): v for s, v in oracles.items()}}
+                               "oracles": {str(s): v for s, v in oracles.items()}, "carried_from_previous": carried}
     stem = cfg.name or f"seed_stores_{cfg.task}"
     atomic_write_json(RESULTS / f"{stem}.json", out)
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")

@@ -222,9 +222,11 @@ def _done(cfg: CompareConfig, tc) -> bool:
         logger.info("%s %s seed %d merged %s, the grid now merges %s: redoing it",
                     tc.task, r.label, tc.seeds[0], recorded.get("adapters"), list(tc.adapters))
         return False
-    if r.method.name == "retrikt" and recorded.get("cv_folds", tc.cv_folds) != tc.cv_folds:
-        logger.info("%s %s seed %d chose its settings by %s-fold CV, now %d: redoing it", tc.task, r.label,
-                    tc.seeds[0], recorded.get("cv_folds"), tc.cv_folds)
+    # a run without the field predates the CV: it chose its settings on a held-out quarter (cv_folds < 2)
+    if r.method.name == "retrikt" and recorded.get("cv_folds", 0) != tc.cv_folds:
+        logger.info("%s %s seed %d chose its settings by %s, now by %d-fold CV: redoing it", tc.task, r.label,
+                    tc.seeds[0], f"{recorded['cv_folds']}-fold CV" if recorded.get("cv_folds", 0) >= 2
+                    else "a held-out quarter", tc.cv_folds)
         return False
     if (r.method.students == ("teacher",) and calibration_applies(get_task(tc.task))
             and recorded.get("teacher_calibration", "none") != tc.teacher_calibration):

@@ -346,3 +346,7 @@ def test_cv_folds_reach_the_retrikt_rows_and_a_run_of_other_folds_is_redone(tmp_
     assert compare._done(cfg, tc)
     write(4)  # settings chosen by another CV: not this table's row
     assert not compare._done(cfg, tc)
+    config = dataclasses.asdict(tc)
+    del config["cv_folds"]  # a run from before the CV: settings chosen on a held-out quarter
+    result.write_text(json.dumps({"config": config, "store_checksum": sha256_file(store / MANIFEST)}))
+    assert not compare._done(cfg, tc)

@@ -70,7 +70,9 @@ class BuildConfig(AdaptConfig):
                                           "Instruct model then ends its sample with its end-of-turn token)")
     complete_fields: bool = arg(False, help="a sample that ends after its first field(s) (a premise and no "
                                             "hypothesis) is continued once from the next field's cue under the "
-                                            "same soft prompt and condition; counted as completed in the build log")
+                                            "same soft prompt and condition, with a budget of its own "
+                                            "(--max-new-tokens, --batch-timeout), so a continued sample may be up to "
+                                            "twice as long; counted as completed in the build log")
     task_text: str = arg("name", help="how the generator's condition and the soft prompt's init text name the "
                                       "task: name (its id) | description (its one-line description)",
                          choices=["name", "description"])

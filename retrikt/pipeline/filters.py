@@ -143,10 +143,11 @@ class YieldWatch:
         self.generated = self.usable = self.first_only = 0
         self.warned = False
 
-    def add(self, stats: dict, prompt_epochs: int) -> bool:
-        """Counts a batch's filter stats; True when this batch raised the warning."""
+    def add(self, stats: dict, prompt_epochs: int, keep_unfinished: bool = False) -> bool:
+        """Counts a batch's filter stats (those since a resume); True when this batch raised the warning. With
+        ``keep_unfinished`` the store keeps cut-off samples, so they count as usable."""
         self.generated += stats["generated"]
-        self.usable += stats["parsed"] - stats["unfinished"]
+        self.usable += stats["parsed"] - (0 if keep_unfinished else stats["unfinished"])
         self.first_only += stats.get("first_field_only", 0)
         rate = self.usable / max(1, self.generated)
         if self.warned or self.generated < self.min_samples or rate >= self.min_rate:

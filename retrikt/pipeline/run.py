@@ -108,13 +108,17 @@ def _generated_draw(cfg: BuildConfig, task, gen, conditioner):
 
 
 def complete_fields(cfg: BuildConfig, task, gen, samples: list[dict], seed: int) -> list[dict]:
-    """Continue each finished sample that stopped after its first field(s) from the next field's cue, once."""
+    """Continue each finished sample that stopped after its first field(s) from the next field's cue, once. Some
+    soft prompts end most samples after the premise (CB seed 3, sessions 18-19) and longer tuning does not teach
+    them the second field; the first field is then worth keeping and the cue asks for the rest."""
     todo = [(i, f) for i, s in enumerate(samples) if s["finished"] and (f := missing_field(task, s["text"]))]
     if not todo:
         return samples
     heads = [samples[i]["text"].rstrip() + f"\n{f}:" for i, f in todo]
     more = gen.generate([samples[i]["condition"] + h for (i, _), h in zip(todo, heads)], n_per_condition=1,
                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        # its own seed, not the batch's (which would replay the first pass's draws); derived from
+                        # the batch seed, so a re-run batch continues the same samples the same way
                         batch_size=cfg.batch_size, seed=seed + 500_009, max_time=cfg.batch_timeout)
     out = list(samples)
     for (i, _), head, m in zip(todo, heads, more):
@@ -140,7 +144,7 @@ def generate_shard(cfg: BuildConfig, draw, filt: Filter, labeller: LMClassifier,
             gen_s = time.perf_counter() - tg
             kept, emb, stats = filt(samples, embedder)
             if cfg.source == "generated" and cfg.perturb_label < 0:
-                watch.add(stats, cfg.prompt_epochs)
+                watch.add(stats, cfg.prompt_epochs, cfg.keep_unfinished)
             entries = label_entries(labeller, kept)
             keep, agreed = agreement(kept, entries, cfg.min_agreement)
             entries = [entries[i] for i in keep]

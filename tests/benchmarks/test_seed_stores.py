@@ -34,7 +34,8 @@ def test_store_stats_of_gone_folders_come_from_the_previous_table_and_say_so(tmp
     store.mkdir(parents=True)
     (store / "manifest.json").write_text(json.dumps({"counts": {"entries": 512}, "stats": {}, "build_seconds": 3600}))
     prev = tmp_path / "prev.json"
-    prev.write_text(json.dumps({"stores": {"1": {"entries": 567}, "3": {"entries": 216}},
+    prev.write_text(json.dumps({"config": {"task": "sst2", "store_suffix": ""},
+                                "stores": {"1": {"entries": 567}, "3": {"entries": 216}},
                                 "oracles": {"1": {"entries": 217}}}))
     cfg = SeedStoresBench(task="sst2", seeds=[1, 2, 3], stores=str(tmp_path / "stores"), previous=str(prev))
     stores, oracles, carried = _all_store_stats(cfg)
@@ -43,3 +44,13 @@ def test_store_stats_of_gone_folders_come_from_the_previous_table_and_say_so(tmp
     assert oracles[1] == {"entries": 217} and oracles[3] is None
     assert carried == ["store seed 1", "oracle seed 1"]
     assert _all_store_stats(SeedStoresBench(task="sst2", seeds=[1], stores=str(tmp_path / "stores")))[2] == []
+
+
+
+def test_previous_table_of_another_task_is_refused(tmp_path):
+    import pytest
+    from benchmarks.seed_stores import _all_store_stats
+    prev = tmp_path / "prev.json"
+    prev.write_text(json.dumps({"config": {"task": "cb", "store_suffix": ""}, "stores": {"1": {"entries": 5}}}))
+    with pytest.raises(SystemExit, match="task 'cb', not 'sst2'"):
+        _all_store_stats(SeedStoresBench(task="sst2", seeds=[1], stores=str(tmp_path), previous=str(prev)))

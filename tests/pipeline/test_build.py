@@ -319,3 +319,19 @@ def test_complete_fields_continues_only_samples_that_stopped_after_their_first_f
     assert parse(task, out[0]["text"]) == {"premise": "the dog ran", "hypothesis": "a cat sat"}
     assert out[0]["completed"] and out[0]["tokens"] == [1, 7, 8] and out[0]["finished"]
     assert out[1:] == samples[1:]
+
+
+def test_build_with_complete_fields_continues_and_counts(cfg, monkeypatch):
+    def premise_only(self, conditions, n_per_condition=1, seed=0, **kw):
+        # the first pass writes a premise and stops; a continuation (its condition ends with the cue) the rest
+        return [{"condition": c, "tokens": [1, 2], "finished": True,
+                 "text": f" w{seed % 997} {i} {'d e' if c.endswith('hypothesis:') else 'a b c'}"}
+                for i, c in enumerate(conditions)]
+    monkeypatch.setattr(SoftPromptGenerator, "generate", premise_only)
+    cfg.complete_fields = True
+    path = B.build_store(cfg)
+    log = read_jsonl(path / "build_log.jsonl")
+    assert all(r["completed"] == r["generated"] == r["completed_parsed"] == r["parsed"] for r in log)
+    store = Store.open(path)
+    assert len(store) == 12 and all(e["fields"]["hypothesis"].endswith("d e")
+                                    for e in store.entries(range(len(store))))

@@ -62,3 +62,8 @@ def test_filter_counts_samples_that_stop_after_their_first_field():
                {"text": " a man sat.\nthen he left", "finished": True, "label": 0}]  # garbled, not counted
     _, _, stats = Filter(get_task("cb"), set())(samples, Embedder())
     assert stats["first_field_only"] == 1 and stats["parsed"] == 1
+
+
+def test_yield_watch_counts_unfinished_as_usable_when_the_store_keeps_them():
+    watch = YieldWatch(min_samples=64, min_rate=0.6)
+    assert not watch.add(_stats(64, 64, 32), prompt_epochs=5, keep_unfinished=True)
