@@ -17,6 +17,7 @@ import numpy as np
 from retrikt.io import RetriktError
 
 FIELD_SEP = "\n"
+FIELD_LINE = re.compile(r"^([A-Za-z][\w ]{0,30}?)\s*:\s*(.+)$")   # one "cue: value" line of a generated sample
 
 
 def _one_line(s: str) -> str:
@@ -66,7 +67,7 @@ def parse(task, generated: str, lenient: bool = False) -> dict | None:
     # Fields are taken by position, one "cue: value" line each: the first cue is ours, later ones may be renamed
     # (qwen-0.5b writes "conclusion:" for CB's hypothesis) without changing what the line holds.
     for f, line in zip(task.text_fields, lines):
-        m = re.match(r"^([A-Za-z][\w ]{0,30}?)\s*:\s*(.+)$", line)
+        m = FIELD_LINE.match(line)
         if not m or not m.group(2).strip():
             break
         out[f] = m.group(2).strip()
@@ -81,7 +82,7 @@ def missing_field(task, generated: str) -> str | None:
     lines = [ln.strip() for ln in f"{task.text_fields[0]}:{generated}".strip().split("\n") if ln.strip()]
     if not 0 < len(lines) < len(task.text_fields):
         return None
-    if all(re.match(r"^([A-Za-z][\w ]{0,30}?)\s*:\s*(.+)$", ln) for ln in lines):
+    if all(FIELD_LINE.match(ln) for ln in lines):
         return task.text_fields[len(lines)]
     return None
 
