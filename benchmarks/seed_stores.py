@@ -50,6 +50,8 @@ class SeedStoresBench:
     name: str = arg("", help="results file stem (default seed_stores_<task>)")
     previous: str = arg("", help="an earlier seed_stores JSON: the store and oracle stats of seeds whose store "
                                  "folder is gone (stores are never committed) are taken from it, and the table says so")
+    extra: list[str] = arg([], help="more retrikt rows, each 'name=label': the runs of RUNS/<name>/ (a retrikt.train "
+                                    "--out folder holding every seed's run), e.g. a training ablation")
 
 
 def _find(folder: Path, task: str, method: str, seed: int) -> dict | None:
@@ -117,16 +119,29 @@ def _fmt(vals: list[float]) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
 
 
+def _rows(cfg: SeedStoresBench) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
+    """(every row, the retrikt rows) with the --extra rows after the built-in retrikt ones."""
+    extra = []
+    for item in cfg.extra:
+        name, sep, label = item.partition("=")
+        if not sep or not name or not label or name in dict(ROWS):
+            raise SystemExit(f"--extra {item!r}: expected 'name=label' with a name that is not a built-in row")
+        extra.append((name, label))
+    at = [r for r, _ in ROWS].index("kd-oracle")
+    return list(ROWS[:at]) + extra + list(ROWS[at:]), RETRIKT_ROWS + tuple(n for n, _ in extra)
+
+
 def main(argv=None) -> None:
     cfg = parse_config(SeedStoresBench, argv, description=__doc__)
-    runs = {(row, s): _run(cfg, row, s) for row, _ in ROWS for s in cfg.seeds}
+    rows, retrikt_rows = _rows(cfg)
+    runs = {(row, s): _run(cfg, row, s) for row, _ in rows for s in cfg.seeds}
     stores, oracles, carried = _all_store_stats(cfg)
     lines = [f"# {cfg.task}: per-seed stores and the students on them", "",
              "Every row saw only its seed's 32 labelled examples (the store, its prompt, its labeller: that seed's). "
              "Validation set, whole.", "",
              "| row | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " | mean ± std |",
              "|---|" + "---:|" * (len(cfg.seeds) + 1)]
-    for row, label in ROWS:
+    for row, label in rows:
         vals = [runs[row, s]["main"] if runs[row, s] else None for s in cfg.seeds]
         cells = [f"{v * 100:.1f}" if v is not None else "–" for v in vals]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt([v for v in vals if v is not None])} |")
@@ -134,7 +149,7 @@ def main(argv=None) -> None:
               "CV rule within each slice, never on validation):", "",
               "| run | variant | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " | mean ± std |",
               "|---|---|" + "---:|" * (len(cfg.seeds) + 1)]
-    for row in RETRIKT_ROWS:
+    for row in retrikt_rows:
         names = sorted({n for s in cfg.seeds if runs[row, s] for n in runs[row, s].get("variants", {})})
         for name in names:
             vals = [runs[row, s]["variants"][name]["main"] if runs[row, s] and name in runs[row, s].get("variants", {})
@@ -142,7 +157,7 @@ def main(argv=None) -> None:
             lines.append(f"| {row} | {name} | " + " | ".join(f"{v * 100:.1f}" if v is not None else "–" for v in vals)
                          + f" | {_fmt([v for v in vals if v is not None])} |")
     lines += ["", "Chosen settings and the largest one-class share of the predictions:", ""]
-    for row in RETRIKT_ROWS:
+    for row in retrikt_rows:
         for s in cfg.seeds:
             r = runs[row, s]
             if r:

@@ -46,7 +46,6 @@ def test_store_stats_of_gone_folders_come_from_the_previous_table_and_say_so(tmp
     assert _all_store_stats(SeedStoresBench(task="sst2", seeds=[1], stores=str(tmp_path / "stores")))[2] == []
 
 
-
 def test_previous_table_of_another_task_is_refused(tmp_path):
     import pytest
     from benchmarks.seed_stores import _all_store_stats
@@ -54,3 +53,17 @@ def test_previous_table_of_another_task_is_refused(tmp_path):
     prev.write_text(json.dumps({"config": {"task": "cb", "store_suffix": ""}, "stores": {"1": {"entries": 5}}}))
     with pytest.raises(SystemExit, match="task 'cb', not 'sst2'"):
         _all_store_stats(SeedStoresBench(task="sst2", seeds=[1], stores=str(tmp_path), previous=str(prev)))
+
+
+def test_extra_rows_are_read_from_their_folder_and_listed_before_the_oracle(tmp_path):
+    import pytest
+    from benchmarks.seed_stores import _rows
+    _write(tmp_path / "rel3", "retrikt", 2, 0.74)
+    cfg = SeedStoresBench(runs=str(tmp_path), extra=["rel3=retrikt, relational weight 3"])
+    rows, retrikt_rows = _rows(cfg)
+    names = [r for r, _ in rows]
+    assert names.index("retrikt-no-relational") < names.index("rel3") < names.index("kd-oracle")
+    assert retrikt_rows[-1] == "rel3" and _run(cfg, "rel3", 2)["main"] == 0.74
+    for bad in ("rel3", "kd=again", "=label"):  # no label; a built-in row's name; no name
+        with pytest.raises(SystemExit, match="name=label"):
+            _rows(SeedStoresBench(extra=[bad]))
