@@ -124,8 +124,10 @@ def _rows(cfg: SeedStoresBench) -> tuple[list[tuple[str, str]], tuple[str, ...]]
     extra = []
     for item in cfg.extra:
         name, sep, label = item.partition("=")
-        if not sep or not name or not label or name in dict(ROWS):
-            raise SystemExit(f"--extra {item!r}: expected 'name=label' with a name that is not a built-in row")
+        # a kd* name would be read as kd runs (see _run) while listed with the retrikt rows
+        if not sep or not name or not label or name in dict(ROWS) or name.startswith("kd"):
+            raise SystemExit(f"--extra {item!r}: expected 'name=label' with a name that is not a built-in row "
+                             "and does not start with kd")
         extra.append((name, label))
     at = [r for r, _ in ROWS].index("kd-oracle")
     return list(ROWS[:at]) + extra + list(ROWS[at:]), RETRIKT_ROWS + tuple(n for n, _ in extra)

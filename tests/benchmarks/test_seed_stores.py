@@ -64,6 +64,6 @@ def test_extra_rows_are_read_from_their_folder_and_listed_before_the_oracle(tmp_
     names = [r for r, _ in rows]
     assert names.index("retrikt-no-relational") < names.index("rel3") < names.index("kd-oracle")
     assert retrikt_rows[-1] == "rel3" and _run(cfg, "rel3", 2)["main"] == 0.74
-    for bad in ("rel3", "kd=again", "=label"):  # no label; a built-in row's name; no name
+    for bad in ("rel3", "kd=again", "=label", "kd-rel3=x"):  # no label; a built-in row; no name; read as kd
         with pytest.raises(SystemExit, match="name=label"):
             _rows(SeedStoresBench(extra=[bad]))
