@@ -50,6 +50,10 @@ class BuildConfig(AdaptConfig):
                                         "second key set (teacher_keys.safetensors: --retrieval-keys teacher)")
     shots: int = arg(32, help="k-shot examples the soft prompt is tuned on (same sampling as retrikt.train)")
     seed: int = arg(1, help="seed of the k-shot sample and of generation")
+    draw: int = arg(0, help="which draw of samples: 0 = the seed's own (as every store before the option); N > 0 "
+                            "samples anew (generation, its demonstrations, an oracle's inputs, CoLA's corruptions) "
+                            "from the same k-shot set, prompt and labeller, to measure how much the draw moves a "
+                            "student")
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
     prompt_tokens: int = arg(20, help="virtual tokens of the soft prompt (RetriKT / Lester et al.: 20-100)")
     prompt_epochs: int = arg(20, help="supervised prompt-tuning epochs over the k-shot pairs")

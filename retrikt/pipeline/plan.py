@@ -9,6 +9,14 @@ from retrikt.store.samples import target
 
 
 BATCH_STRIDE = 100_000  # batch id = label x BATCH_STRIDE + the batch's number within its label
+DRAW_STRIDE = 1_000_000  # --draw N shifts the sampling seed past any k-shot seed in use
+
+
+def sampling_seed(cfg: BuildConfig) -> int:
+    """The seed every sampling step of a build derives from: the k-shot seed for draw 0 (so stores built before
+    --draw existed rebuild identically), shifted by the draw otherwise; the k-shot set, the tuned prompt and the
+    adapted labeller stay the seed's."""
+    return cfg.seed + DRAW_STRIDE * cfg.draw
 
 
 def label_counts(task, cfg: BuildConfig, kshot: list[dict]) -> list[int]:

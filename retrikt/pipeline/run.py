@@ -25,7 +25,7 @@ from retrikt.pipeline.config import BuildConfig
 from retrikt.pipeline.filters import Filter, YieldWatch, agreement, label_entries, summarise_log
 from retrikt.pipeline.oracle import oracle_draw, oracle_inputs
 from retrikt.pipeline.perturb import check_perturb, perturbed_draw
-from retrikt.pipeline.plan import BATCH_STRIDE, auto_max_new_tokens, batch_plan, label_counts
+from retrikt.pipeline.plan import BATCH_STRIDE, auto_max_new_tokens, batch_plan, label_counts, sampling_seed
 from retrikt.pipeline.conditions import Conditioner
 from retrikt.pipeline.prompt import check_rl_backend, shared_generator
 from retrikt.progress import progress
@@ -97,7 +97,7 @@ def _generated_draw(cfg: BuildConfig, task, gen, conditioner):
     """A batch of samples for :func:`generate_shard`: ``n`` generations conditioned on ``label``, seeded by the
     batch id (sampling and the demonstrations' draw), so a re-run batch generates the same samples."""
     def draw(batch_id: int, label: int, n: int) -> list[dict]:
-        seed = cfg.seed * 1_000_003 + batch_id
+        seed = sampling_seed(cfg) * 1_000_003 + batch_id
         samples = gen.generate(conditioner.batch(label, n, seed), n_per_condition=1,
                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                batch_size=cfg.batch_size, seed=seed, max_time=cfg.batch_timeout)
@@ -179,6 +179,8 @@ def _check_config(task, cfg: BuildConfig) -> None:
         if cfg.source == "oracle":
             raise RetriktError("--perturb-label corrupts generated samples; --source oracle generates none")
         check_perturb(task, cfg.perturb_label)
+    if cfg.draw < 0:
+        raise RetriktError(f"--draw counts draws from 0 (the seed's own), got {cfg.draw}")
     if not 0 <= cfg.min_agreement <= 1:
         raise RetriktError(f"--min-agreement is a probability (0 disables the filter), got {cfg.min_agreement}")
 
@@ -188,8 +190,8 @@ def _meta(cfg: BuildConfig, task, embedder, kshot: list[dict], counts: list[int]
             "embedder": {"name": cfg.embedder, "dim": embedding_dim(embedder), "normalize": True,
                          "pair_format": "pair"},
             "source": cfg.source, "generator": cfg.teacher if cfg.source == "generated" else None,
-            "labeller": labeller_spec(cfg), "seed": cfg.seed, "kshot_idx": [e["idx"] for e in kshot],
-            "label_counts": counts}
+            "labeller": labeller_spec(cfg), "seed": cfg.seed, "draw": cfg.draw,
+            "kshot_idx": [e["idx"] for e in kshot], "label_counts": counts}
 
 
 def build_store(cfg: BuildConfig) -> Path:
@@ -210,7 +212,7 @@ def build_store(cfg: BuildConfig) -> Path:
     model, tok, embedder = _load_models(cfg, state)
     cfg, auto = _resolve_max_new_tokens(cfg, task, tok, kshot)
     counts = label_counts(task, cfg, kshot)
-    drawn = oracle_inputs(task, pool, kshot, counts, cfg.seed) if cfg.source == "oracle" else None
+    drawn = oracle_inputs(task, pool, kshot, counts, sampling_seed(cfg)) if cfg.source == "oracle" else None
     if drawn is not None:  # a label may run out of training inputs
         counts = [len(drawn[lab]) for lab in range(task.num_labels)]
     plan = batch_plan(counts, cfg.batch_size)
@@ -224,7 +226,8 @@ def build_store(cfg: BuildConfig) -> Path:
             gen = shared_generator(cfg, task, model, tok, kshot, embedder, out, state, labeller)
             draw = _generated_draw(cfg, task, gen, Conditioner(cfg, task, tok, kshot))
             if cfg.perturb_label >= 0:
-                draw = perturbed_draw(task, draw, cfg.perturb_label, cfg.seed, lenient=cfg.parse_mode == "lenient")
+                draw = perturbed_draw(task, draw, cfg.perturb_label, sampling_seed(cfg),
+                                      lenient=cfg.parse_mode == "lenient")
         reference = embed_examples(embedder, task, kshot) if drawn is None else None
         filt = Filter(task, forbidden, lenient=cfg.parse_mode == "lenient", keep_unfinished=cfg.keep_unfinished,
                       drop_label_words=cfg.drop_label_words, reference=reference, threshold=cfg.dedup_threshold)

@@ -93,6 +93,10 @@ class StoreWriter:
                     raise RetriktError(f"{state}: this build used another {key} ({str(old[key])[:40]}, now "
                                        f"{str(self.meta[key])[:40]}); resume with the same one or write to a new "
                                        "folder")
+            if old.get("draw", 0) != self.meta.get("draw", 0):  # builds before --draw drew the seed's own: 0
+                raise RetriktError(f"{state}: this build is draw {old.get('draw', 0)} of its seed's samples, not "
+                                   f"draw {self.meta.get('draw', 0)}; resume with the same --draw or write to a new "
+                                   "folder")
             if old.get("config") != self.meta["config"]:
                 logger.warning("%s: resuming with a different config; the manifest records the new one", state)
             if not self._reading:

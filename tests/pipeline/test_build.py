@@ -335,3 +335,26 @@ def test_build_with_complete_fields_continues_and_counts(cfg, monkeypatch):
     store = Store.open(path)
     assert len(store) == 12 and all(e["fields"]["hypothesis"].endswith("d e")
                                     for e in store.entries(range(len(store))))
+
+
+def test_another_draw_samples_anew_from_the_same_kshot_set_and_draw_0_is_the_seeds_own(cfg, tmp_path, monkeypatch):
+    seeds = []
+
+    def recording(self, conditions, n_per_condition=1, seed=0, **kw):
+        seeds.append(seed)
+        return _fake_generate(self, conditions, n_per_condition, seed=seed, **kw)
+    monkeypatch.setattr(SoftPromptGenerator, "generate", recording)
+    own = Store.open(B.build_store(cfg))
+    # draw 0 seeds each batch as every build before --draw did, so older stores rebuild identically
+    assert sorted(seeds) == sorted(cfg.seed * 1_000_003 + b for b, _, _ in B.batch_plan([4, 4, 4], 2))
+    other = Store.open(B.build_store(B.BuildConfig(**{**cfg.__dict__, "draw": 1, "out": str(tmp_path / "d1")})))
+    again = Store.open(B.build_store(B.BuildConfig(**{**cfg.__dict__, "out": str(tmp_path / "again")})))
+    assert _keys(again) == _keys(own) and not set(_keys(other)) & set(_keys(own))
+    assert (own.manifest["draw"], other.manifest["draw"]) == (0, 1)
+    assert other.manifest["kshot_idx"] == own.manifest["kshot_idx"] and other.manifest["seed"] == cfg.seed
+
+
+def test_a_negative_draw_is_refused(cfg):
+    cfg.draw = -1
+    with pytest.raises(B.RetriktError, match="--draw"):
+        B.build_store(cfg)

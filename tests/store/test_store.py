@@ -263,3 +263,13 @@ def test_ivf_store_records_and_applies_tuned_nprobe(tmp_path):
     assert params["tuning"]["recall"] >= 0.95 and store.index.nprobe == params["nprobe"]
     ids = store.search(store.embeddings[:200], 1)[1][:, 0]
     assert (ids == np.arange(200)).mean() >= 0.95
+
+
+def test_resume_refuses_parts_of_another_draw(tmp_path):
+    folder = tmp_path / "store"
+    with StoreWriter(folder, {**META, "seed": 1}) as w:  # killed before finalize: parts of draw 0 stay
+        w.add_batch(0, *make_batch(0))
+    with pytest.raises(RetriktError, match="draw 0 of its seed's samples, not draw 2"):
+        StoreWriter(folder, {**META, "seed": 1, "draw": 2})
+    with StoreWriter(folder, {**META, "seed": 1, "draw": 0}) as w:  # a state written before --draw reads as 0
+        assert w.done_batches() == {0}
