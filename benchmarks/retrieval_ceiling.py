@@ -1,0 +1,113 @@
+"""How much could retrieval at inference add to a trained retrieval student, under any setting? A ceiling.
+
+    python -m benchmarks.retrieval_ceiling --students RUNS/sst2__retrikt__minilm-l6__seed1 ... --name NAME
+
+For each saved student (``retrikt.train --method retrikt --save-student``): its validation score alone (β = 1),
+under the setting its k-shot CV chose (what the run reported), and under the best setting of the same grid
+(labels, keys, k, β, τ) picked on the validation set itself. That last number is not a result: it is chosen on what
+it is scored on, and so it bounds what any selection rule could make of retrieval for this student. When the
+ceiling minus the student alone is small, no better rule for k, β and τ can give retrieval more than that.
+
+This reads validation labels to *diagnose*; nothing here selects a setting that a reported result uses.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrikt.config import arg, parse_config
+from retrikt.io import RetriktError, atomic_write_json, atomic_write_text, run_metadata
+from retrikt.logs import setup_logging
+from retrikt.student.retrieval import load_retrieval_student
+from retrikt.student.selection import GRID_BETA, GRID_K, GRID_TAU
+from retrikt.tasks import compute_metrics, get_task, load_split
+
+from benchmarks.common import RESULTS
+
+
+@dataclass
+class CeilingBench:
+    students: list[str] = arg([], help="saved retrieval-student folders (their run JSON lies beside each)")
+    data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
+    name: str = arg("retrieval_ceiling", help="results file stem")
+
+
+def _run_record(folder: Path) -> dict:
+    path = folder.with_suffix(".json")
+    if not path.exists():
+        raise RetriktError(f"{folder}: no run record {path.name} beside it (save students with retrikt.train "
+                           "--save-student, which writes both)")
+    return json.loads(path.read_text())
+
+
+def _key_spaces(model) -> list[str]:
+    spaces = ["store", "student"]
+    return spaces + ["teacher"] if model.teacher_keys is not None else spaces
+
+
+def score_grid(model, task, split: list[dict]) -> list[dict]:
+    """Every (labels, keys, k, β, τ) of the CV's grid, scored on ``split``."""
+    gold = [e["label"] for e in split]
+    rows = []
+    for keys in _key_spaces(model):
+        p, scores, ids = model._student_and_neighbours(split, max(GRID_K), keys=keys)
+        for labels, k, beta, tau in itertools.product(("teacher", "conditioned"), GRID_K, GRID_BETA, GRID_TAU):
+            if beta >= 1.0 and (keys, labels, k, tau) != ("store", "teacher", GRID_K[0], GRID_TAU[0]):
+                continue  # the student alone: one row
+            mix = model.mix(p, scores, ids, min(k, ids.shape[1]), beta, tau, labels)
+            main = compute_metrics(task, gold, mix.argmax(1).tolist())["main"]
+            rows.append({"keys": keys, "labels": labels, "k": k, "beta": beta, "tau": tau, "main": main})
+    return rows
+
+
+def ceiling(folder: Path, data_dir: str | None) -> dict:
+    run = _run_record(folder)
+    task = get_task(run["task"])
+    model = load_retrieval_student(folder, task, base=run["student"])
+    split = load_split(task, run.get("split", "validation"), data_dir=data_dir)[:run["n"]]
+    rows = score_grid(model, task, split)
+    alone = next(r for r in rows if r["beta"] >= 1.0)
+    best = max(rows, key=lambda r: (r["main"], r["beta"]))  # ties to the most student
+    best_mix = max((r for r in rows if r["beta"] < 1.0), key=lambda r: (r["main"], r["beta"]))
+    by_beta = {str(b): max(r["main"] for r in rows if r["beta"] == b) for b in GRID_BETA}
+    return {"task": task.name, "seed": run["seed"], "student_dir": str(folder), "n": len(split),
+            "reported": run["main"], "chosen": run["retrieval"], "alone": alone["main"],
+            "ceiling": best["main"], "ceiling_setting": best, "best_with_retrieval": best_mix,
+            "ceiling_by_beta": by_beta, "store_entries": run.get("store_entries")}
+
+
+def render(cfg: CeilingBench, rows: list[dict]) -> str:
+    lines = ["# " + cfg.name.replace("_", " "), "",
+             "Validation score of each saved retrieval student x100: alone (β = 1), as reported (the setting its "
+             "k-shot CV chose), and the **ceiling**: the best setting of the CV's grid picked on validation itself "
+             "(not a result; it bounds what any selection rule could get from retrieval at inference).", "",
+             "| task | seed | entries | n | alone | reported | ceiling | ceiling − alone | ceiling setting |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        s = r["ceiling_setting"]
+        setting = "β 1 (no retrieval)" if s["beta"] >= 1 else \
+            f"{s['keys']} keys, {s['labels']} labels, k {s['k']}, β {s['beta']}, τ {s['tau']}"
+        lines.append(f"| {r['task']} | {r['seed']} | {r['store_entries']} | {r['n']} | {100 * r['alone']:.1f} | "
+                     f"{100 * r['reported']:.1f} | {100 * r['ceiling']:.1f} | "
+                     f"{100 * (r['ceiling'] - r['alone']):+.1f} | {setting} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    cfg = parse_config(CeilingBench, argv, description=__doc__)
+    if not cfg.students:
+        raise SystemExit("--students: give at least one saved retrieval-student folder")
+    rows = [ceiling(Path(f), cfg.data_dir) for f in cfg.students]
+    atomic_write_json(RESULTS / f"{cfg.name}.json", {"rows": rows, "config": asdict(cfg), **run_metadata(cfg)})
+    atomic_write_text(RESULTS / f"{cfg.name}.md", render(cfg, rows))
+    print(render(cfg, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
