@@ -26,7 +26,9 @@ from benchmarks.store_quality import describe
 
 # name: (prompt epochs, same-label demonstrations in context, chat template)
 VARIANTS = {"instruction only": (0, 0, False), "tuned 5 epochs": (5, 0, False), "demos": (0, 4, False),
-            "chat + demos": (0, 4, True), "chat + demos, tuned 2 epochs": (2, 4, True)}
+            "chat + demos": (0, 4, True), "chat + demos, tuned 2 epochs": (2, 4, True),
+            "tuned 5 epochs + demos": (5, 4, False)}
+DEFAULT_VARIANTS = ["instruction only", "tuned 5 epochs", "demos", "chat + demos", "chat + demos, tuned 2 epochs"]
 
 
 @dataclass
@@ -36,7 +38,8 @@ class GeneratorAB:
     teacher: str = arg("qwen-0.5b", help="generator and labeller")
     samples: int = arg(64, help="samples generated per variant (split evenly over the labels)")
     batch_size: int = arg(32, help="generation batch size")
-    variants: list[str] = arg(list(VARIANTS), help="which variants to run")
+    variants: list[str] = arg(DEFAULT_VARIANTS, help=f"which variants to run, of: {'; '.join(VARIANTS)}")
+    max_new_tokens: int = arg(0, help="longest sample in tokens; 0 = auto (1.5 x the longest k-shot target + 8)")
     root: str = arg("stores/ab", help="folder of the variants' stores")
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
     name: str = arg("generator_ab", help="results file stem")
@@ -50,7 +53,7 @@ def build(cfg: GeneratorAB, variant: str) -> tuple[Path, float]:
     t0 = time.perf_counter()
     build_store(BuildConfig(task=cfg.task, teacher=cfg.teacher, seed=cfg.seed, per_label=per_label,
                             label_mix="uniform", prompt_epochs=epochs, gen_demos=demos, chat_template=chat,
-                            max_new_tokens=0, batch_size=cfg.batch_size, keep_unfinished=True,
+                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, keep_unfinished=True,
                             drop_label_words=False, min_agreement=0.0, data_dir=cfg.data_dir, out=str(out)))
     return out, time.perf_counter() - t0
 
@@ -67,6 +70,9 @@ def row(variant: str, path: Path, seconds: float) -> dict:
 def main(argv=None) -> None:
     setup_logging()
     cfg = parse_config(GeneratorAB, argv, description=__doc__)
+    unknown = [v for v in cfg.variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {'; '.join(VARIANTS)}")
     rows = []
     for variant in cfg.variants:
         path, secs = build(cfg, variant)
