@@ -71,6 +71,13 @@ def ceiling(folder: Path, data_dir: str | None) -> dict:
     split = load_split(task, run.get("split", "validation"), data_dir=data_dir)[:run["n"]]
     rows = score_grid(model, task, split)
     alone = next(r for r in rows if r["beta"] >= 1.0)
+    chosen = run["retrieval"]
+    again = alone if chosen["beta"] >= 1.0 else next(
+        (r for r in rows if all(r[key] == chosen[key] for key in ("keys", "labels", "k", "beta", "tau"))), None)
+    if again is None or abs(again["main"] - run["main"]) > 1e-6:  # the reload must reproduce what the run reported
+        raise RetriktError(f"{folder}: reloaded, its chosen setting scores "
+                           f"{'nothing (not in the grid)' if again is None else again['main']}, the run reported "
+                           f"{run['main']}: another store or split than the run's?")
     best = max(rows, key=lambda r: (r["main"], r["beta"]))  # ties to the most student
     best_mix = max((r for r in rows if r["beta"] < 1.0), key=lambda r: (r["main"], r["beta"]))
     by_beta = {str(b): max(r["main"] for r in rows if r["beta"] == b) for b in GRID_BETA}
