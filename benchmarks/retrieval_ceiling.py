@@ -45,8 +45,9 @@ def _run_record(folder: Path) -> dict:
 
 
 def _key_spaces(model) -> list[str]:
-    spaces = ["store", "student"]
-    return spaces + ["teacher"] if model.teacher_keys is not None else spaces
+    """What the CV searches: the space the projection was trained towards (store or teacher keys; the query lives
+    there) and the student's own embeddings of the store's texts."""
+    return [model.trained_keys, "student"]
 
 
 def score_grid(model, task, split: list[dict]) -> list[dict]:
