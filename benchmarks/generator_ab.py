@@ -80,6 +80,14 @@ def main(argv=None) -> None:
         write(cfg, rows)
 
 
+def _extra_args(cfg: GeneratorAB) -> str:
+    """The options of the regenerate line that differ from their defaults."""
+    out = f" --max-new-tokens {cfg.max_new_tokens}" if cfg.max_new_tokens else ""
+    if cfg.variants != DEFAULT_VARIANTS:
+        out += " --variants " + " ".join(f"'{v}'" for v in cfg.variants)
+    return out + (f" --name {cfg.name}" if cfg.name != "generator_ab" else "")
+
+
 def write(cfg: GeneratorAB, rows: list[dict]) -> None:
     out = run_metadata(cfg, seeds=[cfg.seed]) | {"rows": rows, "peak_rss_gib": peak_rss_gib()}
     atomic_write_json(RESULTS / f"{cfg.name}.json", out)
@@ -93,7 +101,7 @@ def write(cfg: GeneratorAB, rows: list[dict]) -> None:
               f"{f(r['label_word_rate'])} | {f(r['agreement_parsed'])} | {f(r['distinct_2'])} | "
               f"{f(r['mean_pairwise_cosine'])} | {r['tokens_per_s']:.1f} | {r['minutes']:.1f} |" for r in rows]
     lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.generator_ab --task {cfg.task} "
-              f"--seed {cfg.seed} --teacher {cfg.teacher} --samples {cfg.samples}`"]
+              f"--seed {cfg.seed} --teacher {cfg.teacher} --samples {cfg.samples}{_extra_args(cfg)}`"]
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
