@@ -27,7 +27,7 @@ from benchmarks.store_quality import describe
 # name: (prompt epochs, same-label demonstrations in context, chat template)
 VARIANTS = {"instruction only": (0, 0, False), "tuned 5 epochs": (5, 0, False), "demos": (0, 4, False),
             "chat + demos": (0, 4, True), "chat + demos, tuned 2 epochs": (2, 4, True),
-            "tuned 5 epochs + demos": (5, 4, False)}
+            "tuned 5 epochs + demos": (5, 4, False), "tuned 5 epochs + 1 demo": (5, 1, False)}
 DEFAULT_VARIANTS = ["instruction only", "tuned 5 epochs", "demos", "chat + demos", "chat + demos, tuned 2 epochs"]
 
 

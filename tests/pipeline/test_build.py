@@ -358,3 +358,9 @@ def test_a_negative_draw_is_refused(cfg):
     cfg.draw = -1
     with pytest.raises(B.RetriktError, match="--draw"):
         B.build_store(cfg)
+
+
+def test_demonstrations_that_leave_no_room_for_the_target_are_refused_naming_the_option(cfg):
+    cfg.gen_demos = 40  # CB premises are long: 40 of them overflow any tuning window
+    with pytest.raises(B.RetriktError, match="--gen-demos 40: .* use fewer --gen-demos"):
+        B.build_store(cfg)
