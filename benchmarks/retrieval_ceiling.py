@@ -3,8 +3,8 @@
     python -m benchmarks.retrieval_ceiling --students RUNS/sst2__retrikt__minilm-l6__seed1 ... --name NAME
 
 For each saved student (``retrikt.train --method retrikt --save-student``): its validation score alone (β = 1),
-under the setting its k-shot CV chose (what the run reported), and under the best setting of the same grid
-(labels, keys, k, β, τ) picked on the validation set itself. That last number is not a result: it is chosen on what
+under the setting its k-shot CV chose (what the run reported), and under the best setting of the CV's grid (its key
+spaces, k, β, τ; neighbours voting with the teacher's or the conditioned labels) picked on the validation set itself. That last number is not a result: it is chosen on what
 it is scored on, and so it bounds what any selection rule could make of retrieval for this student. When the
 ceiling minus the student alone is small, no better rule for k, β and τ can give retrieval more than that.
 
@@ -51,7 +51,7 @@ def _key_spaces(model) -> list[str]:
 
 
 def score_grid(model, task, split: list[dict]) -> list[dict]:
-    """Every (labels, keys, k, β, τ) of the CV's grid, scored on ``split``."""
+    """Every (labels, keys, k, β, τ) of the CV's grid, both label kinds included, scored on ``split``."""
     gold = [e["label"] for e in split]
     rows = []
     for keys in _key_spaces(model):
