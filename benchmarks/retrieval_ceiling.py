@@ -17,13 +17,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from retrikt.config import arg, parse_config
 from retrikt.io import RetriktError, atomic_write_json, atomic_write_text, run_metadata
 from retrikt.logs import setup_logging
 from retrikt.student.retrieval import load_retrieval_student
-from retrikt.student.selection import GRID_BETA, GRID_K, GRID_TAU
+from retrikt.student.selection import GRID_BETA, retrieval_votes
 from retrikt.tasks import compute_metrics, get_task, load_split
 
 from benchmarks.common import RESULTS
@@ -51,17 +49,17 @@ def _key_spaces(model) -> list[str]:
 
 
 def score_grid(model, task, split: list[dict]) -> list[dict]:
-    """Every (labels, keys, k, β, τ) of the CV's grid, both label kinds included, scored on ``split``."""
+    """Every (labels, keys, k, β, τ) of the CV's grid, both label kinds included, scored on ``split``: the votes come
+    from the CV's own :func:`retrieval_votes`, so the ceiling mixes exactly what the CV mixes."""
     gold = [e["label"] for e in split]
-    rows = []
-    for keys in _key_spaces(model):
-        p, scores, ids = model._student_and_neighbours(split, max(GRID_K), keys=keys)
-        for labels, k, beta, tau in itertools.product(("teacher", "conditioned"), GRID_K, GRID_BETA, GRID_TAU):
-            if beta >= 1.0 and any(r["beta"] >= 1.0 for r in rows):
-                continue  # the student alone: one row, whatever the key space
-            mix = model.mix(p, scores, ids, min(k, ids.shape[1]), beta, tau, labels)
-            main = compute_metrics(task, gold, mix.argmax(1).tolist())["main"]
-            rows.append({"keys": keys, "labels": labels, "k": k, "beta": beta, "tau": tau, "main": main})
+    p, votes = retrieval_votes(model, split, ("teacher", "conditioned"), grid_keys=tuple(_key_spaces(model)))
+    rows = [{"keys": "none", "labels": "none", "k": 0, "beta": 1.0, "tau": 0.0,  # the student alone: one row
+             "main": compute_metrics(task, gold, p.argmax(1).tolist())["main"]}]
+    for ((labels, k, tau, keys), ret), beta in itertools.product(votes.items(), GRID_BETA):
+        if beta < 1.0:
+            mix = beta * p + (1 - beta) * ret
+            rows.append({"keys": keys, "labels": labels, "k": k, "beta": beta, "tau": tau,
+                         "main": compute_metrics(task, gold, mix.argmax(1).tolist())["main"]})
     return rows
 
 

@@ -28,7 +28,7 @@ def tuned_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], out: 
         logger.info("prompt tuning lr %.2g (token-embedding RMS %.3g)", lr, gen.embedding_rms())
         pairs = Conditioner(cfg, task, tok, kshot).pairs(kshot, cfg.seed)
         tune = SoftPromptConfig(lr=lr, epochs=cfg.prompt_epochs, batch_size=cfg.prompt_batch_size, seed=cfg.seed)
-        _check_demos_fit(cfg, task, tok, pairs, tune.max_length)
+        _check_demos_fit(cfg, task, gen, pairs, tune.max_length)
         log = gen.train_supervised(pairs, tune)
         meta |= {"loss_first": log[0]["loss"], "loss_last": log[-1]["loss"]}
     gen.save(folder, meta=meta)
@@ -36,12 +36,12 @@ def tuned_generator(cfg: BuildConfig, task, model, tok, kshot: list[dict], out: 
     return gen
 
 
-def _check_demos_fit(cfg: BuildConfig, task, tok, pairs: list[tuple[str, str]], max_length: int) -> None:
+def _check_demos_fit(cfg: BuildConfig, task, gen, pairs: list[tuple[str, str]], max_length: int) -> None:
     """Same-label demonstrations lengthen every condition; on a task of long examples (CB) a few of them leave no
     room for the target, which the tuner would report without naming the option that caused it."""
     if not cfg.gen_demos:
         return
-    longest = max(len(tok(c)["input_ids"]) for c, _ in pairs)
+    longest = max(len(gen._tokenize(c, True)) for c, _ in pairs)  # counted as the tuner counts them
     if longest >= max_length:
         raise RetriktError(f"--gen-demos {cfg.gen_demos}: with its same-label demonstrations a {task.name} "
                            f"condition is up to {longest} tokens, and prompt tuning keeps {max_length} per pair "

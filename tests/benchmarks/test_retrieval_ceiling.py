@@ -1,7 +1,6 @@
 import numpy as np
 
 from benchmarks.retrieval_ceiling import score_grid
-from retrikt.student.retrieval import RetrievalStudent
 from retrikt.tasks import get_task
 
 
@@ -9,7 +8,6 @@ class FakeStudent:
     """A student whose own prediction is right on ``student_right`` and whose neighbours all carry the gold label
     (``helpful``) or the wrong one: what the grid makes of them, without training anything."""
     trained_keys = "teacher"  # the space searched first need not be the store's
-    mix = RetrievalStudent.mix
 
     def __init__(self, gold, student_right, helpful):
         n = len(gold)
@@ -42,4 +40,4 @@ def test_the_ceiling_finds_retrieval_where_neighbours_know_better_and_none_where
     rows = score_grid(FakeStudent(gold, right, helpful=False), task, split)
     best = max(rows, key=lambda r: (r["main"], r["beta"]))
     assert best["main"] == 0.75 and best["beta"] == 1  # wrong neighbours: nothing beats the student alone
-    assert {r["keys"] for r in rows} == {"teacher", "student"}  # the trained space and the student's own
+    assert {r["keys"] for r in rows} == {"none", "teacher", "student"}  # alone, the trained space, the student's own
