@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from retrikt.config import arg
 from retrikt.init import INITS
 from retrikt.init.start import merge_into_weights, start_student
@@ -21,6 +23,22 @@ class Config(StudentConfig):
                                        "from the store; 0 = batches from the union with the old epoch rule")
     store_steps: int = arg(0, help="kd / retrikt: optimisation steps with a store; 0 = as many as give the k-shot "
                                    "examples the exposure of --epochs passes (epochs x k-shot size / gold per batch)")
+    store_prior: str = arg("none", help="kd / retrikt: re-weight the store's teacher soft labels, one factor per "
+                                        "class, so that their mean matches a prior, before training and retrieval: "
+                                        "none | kshot (the training examples' label frequencies, add-one smoothed: "
+                                        "corrects a labeller that leans to one class on generated text)",
+                           choices=["none", "kshot"])
+
+
+def label_weights(cfg: Config, task, store, gold: list[dict]) -> list[float] | None:
+    """--store-prior: the per-class weights that give the store's teacher labels the prior of ``gold``'s labels."""
+    if cfg.store_prior == "none":
+        return None
+    from retrikt.store.prior import kshot_prior, prior_weights
+    n = task.num_labels
+    prior = kshot_prior([e["label"] for e in gold], n)
+    soft = [e.get("soft_label") or [float(i == e["label"]) for i in range(n)] for e in store.entries(range(len(store)))]
+    return prior_weights(np.asarray(soft, dtype=np.float64), prior).round(6).tolist()
 
 
 def store_schedule(cfg: Config, gold: list[dict], store: list[dict], seed: int) -> tuple[FitConfig, object]:
@@ -49,12 +67,13 @@ def train(cfg: Config, task, examples: list[dict], seed: int):
     seed_everything(seed)
     store = open_store(cfg.store)
     provenance = check_store(store, task, examples, seed, cfg.allow_foreign_store)
-    entries = store_examples(store)
+    weights = label_weights(cfg, task, store, examples)
+    entries = store_examples(store, label_weights=weights)
     student, facts = start_encoder(cfg, task, examples, seed, resolve_device(cfg.device))
     fc, sampler = store_schedule(cfg, examples, entries, seed)
     losses = fit(student, examples + entries, fc, seed, desc=f"kd {task.name} s{seed}", sampler=sampler)
     return student, {**facts, "store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
-                     **provenance, "steps": len(losses), **final_loss(losses)}
+                     **provenance, "label_weights": weights, "steps": len(losses), **final_loss(losses)}
 
 
 METHOD = Method("kd", Config, train, students=("encoder",), inits=tuple(INITS), needs_store=True,

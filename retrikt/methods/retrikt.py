@@ -7,6 +7,7 @@ own prediction), then the final student is trained on all of it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,9 @@ def _fit(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray, 
     returns (model, memory, losses, facts of the initialiser)."""
     from retrikt.student.retrieval import RetrievalStudent, relational_targets, retrieval_loss
     seed_everything(seed)
-    memory, data, q_emb, self_ids = _memory(cfg, task, store, labelled, kshot_emb)
+    # the prior from the labels this fit trains on: a CV fold never sees its held-out examples' labels
+    settings = dataclasses.replace(settings, label_weights=kd.label_weights(cfg, task, store, labelled))
+    memory, data, q_emb, self_ids = _memory(cfg, task, store, labelled, kshot_emb, settings.label_weights)
     space, tk = memory, None
     if settings.keys == "teacher":  # neighbours and their similarities in the teacher's space, own key to align to
         q_emb, space, tk = _teacher_space(cfg, store, labelled)
@@ -83,12 +86,13 @@ def _fit(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray, 
     return model, memory, losses, facts
 
 
-def _memory(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray):
-    """What the student retrieves from (store | kshot | both), its training data, their query embeddings, and
-    each training example's own row in the memory (excluded from its neighbours)."""
+def _memory(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray, weights=None):
+    """What the student retrieves from (store | kshot | both), its training data (store labels re-weighted by
+    ``weights``), their query embeddings, and each training example's own row in the memory (excluded from its
+    neighbours)."""
     from retrikt.student.retrieval import MemoryStore, store_examples
     n_store = len(store) if cfg.retrieve_from in ("store", "both") else 0
-    data = labelled + (store_examples(store) if n_store else [])
+    data = labelled + (store_examples(store, label_weights=weights) if n_store else [])
     q_emb = np.concatenate([kshot_emb, store.embeddings[:n_store]])
     if cfg.retrieve_from == "store":
         return store, data, q_emb, [None] * len(labelled) + list(range(n_store))
@@ -236,7 +240,7 @@ def train(cfg: Config, task, examples: list[dict], seed: int):
     model.settings.keys = chosen.get("keys", settings.keys)
     model.variants = _variants(chosen)
     return model, {**facts, "store": cfg.store, "store_checksum": store.checksum, "store_entries": len(store),
-                   **provenance, "retrieval": dict(settings.__dict__), "selection": chosen, "refit": True,
+                   **provenance, "retrieval": dict(model.settings.__dict__), "selection": chosen, "refit": True,
                    "steps": len(losses), **final_loss(losses)}
 
 

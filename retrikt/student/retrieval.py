@@ -22,6 +22,7 @@ from torch import nn
 from retrikt import models
 from retrikt.config import arg
 from retrikt.io import RetriktError, atomic_write_json
+from retrikt.store.prior import reweight
 from retrikt.store.samples import embed_examples, pair_format
 from retrikt.student.encoder import EncoderClassifier
 from retrikt.student.trainer import FitConfig, example_loss
@@ -47,14 +48,20 @@ class RetrievalSettings:
                     choices=["store", "student", "teacher"])
     key_align: float = arg(1.0, help="keys = teacher: weight of the cosine loss that pulls the student's projected "
                                      "query onto each training example's own teacher key")
+    label_weights: list[float] | None = arg(None, help="per-class weights applied to the store's teacher soft "
+                                                       "labels before they vote (--store-prior); None = as stored")
 
 
-def store_examples(store, ids=None) -> list[dict]:
-    """Store entries as task examples carrying the teacher's soft labels."""
+def store_examples(store, ids=None, label_weights=None) -> list[dict]:
+    """Store entries as task examples carrying the teacher's soft labels (re-weighted per class by
+    ``label_weights``: --store-prior)."""
     ids = range(len(store)) if ids is None else ids
     out = []
     for i, e in zip(ids, store.entries(list(ids))):
-        out.append({**e["fields"], "label": e["label"], "soft_label": e.get("soft_label") or None, "idx": -1 - int(i)})
+        soft = e.get("soft_label") or None
+        if soft is not None and label_weights is not None:
+            soft = reweight(np.asarray([soft]), label_weights)[0].tolist()
+        out.append({**e["fields"], "label": e["label"], "soft_label": soft, "idx": -1 - int(i)})
     return out
 
 
@@ -90,6 +97,8 @@ class RetrievalStudent(nn.Module):
         entries = store.entries(list(range(len(store))))
         self.teacher_probs = np.array([e.get("soft_label") or _onehot(e, self.task.num_labels) for e in entries],
                                       dtype=np.float32)
+        if settings.label_weights is not None:
+            self.teacher_probs = reweight(self.teacher_probs, settings.label_weights).astype(np.float32)
         self.conditioned_probs = np.array([_onehot(e, self.task.num_labels) for e in entries], dtype=np.float32)
         self.student_keys: np.ndarray | None = None  # set by rekey(): the store's texts in the student's own space
         self.variants: dict[str, dict] = {}  # ablation settings to score besides the chosen ones (set by the recipe)
