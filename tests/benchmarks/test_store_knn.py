@@ -50,6 +50,8 @@ def test_summary_averages_each_task_s_stores_against_their_own_k_shot_kNN():
     lines = summary(rows, [4]).splitlines()
     assert lines[2] == "| sst2 | 2 | 1000 / 1200 | 68.0 / 62.0 / +6.0 |"
     assert lines[3] == "| cb | 1 | 30 | 40.0 / 50.0 / -10.0 |"
+    rows[0]["teacher_prior"] = {4: 0.72}  # only the stores with prior-matched scores enter that summary
+    assert summary(rows, [4], labels="teacher_prior").splitlines()[2:] == ["| sst2 | 1 | 1000 | 72.0 / 60.0 / +12.0 |"]
 
 
 def test_one_seed_shows_no_spread():
