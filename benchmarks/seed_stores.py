@@ -50,8 +50,9 @@ class SeedStoresBench:
     name: str = arg("", help="results file stem (default seed_stores_<task>)")
     previous: str = arg("", help="an earlier seed_stores JSON: the store and oracle stats of seeds whose store "
                                  "folder is gone (stores are never committed) are taken from it, and the table says so")
-    extra: list[str] = arg([], help="more retrikt rows, each 'name=label': the runs of RUNS/<name>/ (a retrikt.train "
-                                    "--out folder holding every seed's run), e.g. a training ablation")
+    extra: list[str] = arg([], help="more rows, each 'name=label': the runs of RUNS/<name>/ (a retrikt.train --out "
+                                    "folder holding every seed's run) or RUNS/<task>-s<seed>/<name>/, e.g. a training "
+                                    "ablation; a name starting with kd is a kd row, any other a retrikt row")
 
 
 def _find(folder: Path, task: str, method: str, seed: int) -> dict | None:
@@ -124,13 +125,13 @@ def _rows(cfg: SeedStoresBench) -> tuple[list[tuple[str, str]], tuple[str, ...]]
     extra = []
     for item in cfg.extra:
         name, sep, label = item.partition("=")
-        # a kd* name would be read as kd runs (see _run) while listed with the retrikt rows
-        if not sep or not name or not label or name in dict(ROWS) or name.startswith("kd"):
-            raise SystemExit(f"--extra {item!r}: expected 'name=label' with a name that is not a built-in row "
-                             "and does not start with kd")
+        if not sep or not name or not label or name in dict(ROWS):
+            raise SystemExit(f"--extra {item!r}: expected 'name=label' with a name that is not a built-in row")
         extra.append((name, label))
     at = [r for r, _ in ROWS].index("kd-oracle")
-    return list(ROWS[:at]) + extra + list(ROWS[at:]), RETRIKT_ROWS + tuple(n for n, _ in extra)
+    # a kd* name is read as kd runs (see _run), so it has no retrieval variants to list
+    return (list(ROWS[:at]) + extra + list(ROWS[at:]),
+            RETRIKT_ROWS + tuple(n for n, _ in extra if not n.startswith("kd")))
 
 
 def main(argv=None) -> None:

@@ -64,6 +64,13 @@ def test_extra_rows_are_read_from_their_folder_and_listed_before_the_oracle(tmp_
     names = [r for r, _ in rows]
     assert names.index("retrikt-no-relational") < names.index("rel3") < names.index("kd-oracle")
     assert retrikt_rows[-1] == "rel3" and _run(cfg, "rel3", 2)["main"] == 0.74
-    for bad in ("rel3", "kd=again", "=label", "kd-rel3=x"):  # no label; a built-in row; no name; read as kd
+    for bad in ("rel3", "kd=again", "=label"):  # no label; a built-in row; no name
         with pytest.raises(SystemExit, match="name=label"):
             _rows(SeedStoresBench(extra=[bad]))
+    # a kd* row is read as kd runs, per seed's folder too, and has no retrieval variants to list
+    _write(tmp_path / "sst2-s2" / "kd-prior", "kd", 2, 0.71)
+    _write(tmp_path / "sst2-s2" / "kd-prior", "retrikt", 2, 0.90)
+    cfg = SeedStoresBench(runs=str(tmp_path), extra=["kd-prior=kd, k-shot prior"])
+    rows, retrikt_rows = _rows(cfg)
+    assert ("kd-prior", "kd, k-shot prior") in rows and "kd-prior" not in retrikt_rows
+    assert _run(cfg, "kd-prior", 2)["main"] == 0.71
