@@ -135,8 +135,8 @@ class YieldWatch:
     soft prompt that rambles or breaks the field format spends the whole build's time on a fraction of its entries
     (CB seed 3 in sessions 18-19, docs/RESULTS.md), and its tuning loss does not show it; the build log's totals do,
     but only at the end. The warning names the remedy that fits the failure: samples that stop after their first
-    field can be continued (--complete-fields); longer tuning did not help there. Oracle inputs are never watched:
-    they arrive parsed."""
+    field are fewer with a k-shot example in context (--gen-demos 1) or can be continued (--complete-fields); longer
+    tuning did not help there. Oracle inputs are never watched: they arrive parsed."""
 
     def __init__(self, min_samples: int = 64, min_rate: float = 0.6):
         self.min_samples, self.min_rate = min_samples, min_rate
@@ -155,6 +155,7 @@ class YieldWatch:
         self.warned = True
         if self.first_only >= (self.generated - self.usable) / 2:
             remedy = (f"{self.first_only} of them stopped after their first field: rebuild into a new --out with "
+                      "--gen-demos 1 (a same-label k-shot example in the generator's context), or with "
                       "--complete-fields, which continues such samples from the next field's cue")
         else:
             remedy = (f"the soft prompt ({prompt_epochs} tuning epochs) may be undertrained: rebuild into a new "

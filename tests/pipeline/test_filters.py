@@ -44,6 +44,7 @@ def test_yield_watch_names_complete_fields_when_samples_stop_after_their_first_f
         assert watch.add(_stats(64, 21, 1, first_field_only=30), prompt_epochs=5)
     msg = caplog.records[-1].getMessage()
     assert "30 of them stopped after their first field" in msg and "--complete-fields" in msg
+    assert "--gen-demos 1" in msg
     assert "--prompt-epochs" not in msg
 
 
