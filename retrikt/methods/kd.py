@@ -35,10 +35,10 @@ def label_weights(cfg: Config, task, store, gold: list[dict]) -> list[float] | N
     if cfg.store_prior == "none":
         return None
     from retrikt.store.prior import kshot_prior, prior_weights
+    from retrikt.student.retrieval import _onehot
     n = task.num_labels
-    prior = kshot_prior([e["label"] for e in gold], n)
-    soft = [e.get("soft_label") or [float(i == e["label"]) for i in range(n)] for e in store.entries(range(len(store)))]
-    return prior_weights(np.asarray(soft, dtype=np.float64), prior).round(6).tolist()
+    soft = [e.get("soft_label") or _onehot(e, n) for e in store.entries(range(len(store)))]  # as the neighbours vote
+    return prior_weights(np.asarray(soft), kshot_prior([e["label"] for e in gold], n)).round(6).tolist()
 
 
 def store_schedule(cfg: Config, gold: list[dict], store: list[dict], seed: int) -> tuple[FitConfig, object]:

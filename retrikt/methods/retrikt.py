@@ -7,9 +7,8 @@ own prediction), then the final student is trained on all of it.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +67,7 @@ def _fit(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray, 
     from retrikt.student.retrieval import RetrievalStudent, relational_targets, retrieval_loss
     seed_everything(seed)
     # the prior from the labels this fit trains on: a CV fold never sees its held-out examples' labels
-    settings = dataclasses.replace(settings, label_weights=kd.label_weights(cfg, task, store, labelled))
+    settings = replace(settings, label_weights=kd.label_weights(cfg, task, store, labelled))
     memory, data, q_emb, self_ids = _memory(cfg, task, store, labelled, kshot_emb, settings.label_weights)
     space, tk = memory, None
     if settings.keys == "teacher":  # neighbours and their similarities in the teacher's space, own key to align to
