@@ -25,6 +25,7 @@ from pathlib import Path
 
 from retrikt.config import arg, from_dict, load_preset, parse_config, preset_names
 from retrikt.eval import load_results, markdown_table, summarise
+from retrikt.eval.paired import DEFAULT_PAIRS, paired_records, paired_table, parse_pairs
 from retrikt.eval.results import run_name
 from retrikt.io import RetriktError, atomic_write_text, run_metadata
 from retrikt.init import INITS, Init
@@ -84,6 +85,10 @@ class CompareConfig:
     out: str = arg("benchmarks/results/compare", help="results folder (runs/, results.jsonl, table.md, *.png)")
     stores: str = arg("stores", help="folder holding one store per task and seed, <task>-<teacher>-s<seed> (built "
                                      "when missing)")
+    paired: list[str] = arg(list(DEFAULT_PAIRS), help="pairs of rows ROW_A:ROW_B compared example by example on "
+                                                      "the seeds both have, under the table (difference per seed, "
+                                                      "exact McNemar test, paired bootstrap interval); none = no "
+                                                      "such section")
     report_only: bool = arg(False, help="run nothing: write the table and plots from the runs already in --out, "
                                         "listing every (method, task) that lacks seeds")
 
@@ -302,13 +307,30 @@ def write_report(cfg: CompareConfig, missing: dict[str, str]) -> str:
     if absent:
         table += "\n\nNot run (no results in the runs folder):\n" + "\n".join(f"- {a}" for a in absent)
     meta = run_metadata(cfg, seeds=cfg.seeds)
+    paired = write_paired(cfg, results, meta)
     atomic_write_text(out / "table.md", f"# retrikt compare ({cfg.preset})\n\n{table}\n\n"
                       f"Main metric per task, mean ± std over seeds {cfg.seeds}, {cfg.shots}-shot.\n"
-                      f"Commit `{meta['git_commit']}`. Regenerate: `{regenerate_command(cfg)}`\n")
+                      + (f"\n## Paired comparisons\n\n{paired}\n\n" if paired else "")
+                      + f"Commit `{meta['git_commit']}`. Regenerate: `{regenerate_command(cfg)}`\n")
+    if paired:
+        table += "\n\nPaired comparisons:\n\n" + paired
     if rows:
         from retrikt.eval.plots import plot_compare
         plot_compare(rows, cfg.tasks, out)
     return table
+
+
+def write_paired(cfg: CompareConfig, results: list[dict], meta: dict) -> str:
+    """The paired comparisons of ``cfg.paired`` as Markdown, their records in paired.json ("" and no file where no
+    pair has runs of both rows)."""
+    pairs = [p for p in parse_pairs(cfg.paired) if p[0] in cfg.methods and p[1] in cfg.methods]
+    records = paired_records(results, pairs, cfg.tasks)
+    if not records:
+        (Path(cfg.out) / "paired.json").unlink(missing_ok=True)  # a stale file would read as this report's
+        return ""
+    atomic_write_text(Path(cfg.out) / "paired.json", json.dumps(meta | {"comparisons": records}, indent=1,
+                                                                default=str) + "\n")
+    return paired_table(records)
 
 
 def majority_rows(cfg: CompareConfig) -> list[dict]:
@@ -355,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_args(argv)
+        cfg.paired = [] if cfg.paired in (["none"], "none") else cfg.paired
+        parse_pairs(cfg.paired)  # a malformed pair fails before the grid runs, not after
         missing = {} if cfg.report_only else run_grid(cfg)
         table = write_report(cfg, missing)
     except RetriktError as e:

@@ -350,3 +350,21 @@ def test_cv_folds_reach_the_retrikt_rows_and_a_run_of_other_folds_is_redone(tmp_
     del config["cv_folds"]  # a run from before the CV: settings chosen on a held-out quarter
     result.write_text(json.dumps({"config": config, "store_checksum": sha256_file(store / MANIFEST)}))
     assert not compare._done(cfg, tc)
+
+
+def test_paired_comparisons_are_written_under_the_table_and_a_bad_pair_fails_before_any_run(tmp_path, monkeypatch):
+    import json
+    assert compare.main(_args(tmp_path, "--paired", "finetune:teacher")) == 0
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "## Paired comparisons" in table and "| finetune − teacher | cb |" in table
+    rec = json.loads((tmp_path / "cmp" / "paired.json").read_text())
+    assert rec["comparisons"][0]["seeds"] == [1] and "git_commit" in rec  # the teacher's one run is seed 1's
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a malformed --paired let the grid run")
+
+    monkeypatch.setattr(retrikt.train, "run_one", must_not_run)
+    assert compare.main(_args(tmp_path / "again", "--paired", "finetune-teacher")) == 2
+    assert compare.main(_args(tmp_path, "--report-only", "--paired", "none")) == 0
+    assert "Paired" not in (tmp_path / "cmp" / "table.md").read_text()
+    assert not (tmp_path / "cmp" / "paired.json").exists()
