@@ -53,6 +53,9 @@ class SeedStoresBench:
     extra: list[str] = arg([], help="more rows, each 'name=label': the runs of RUNS/<name>/ (a retrikt.train --out "
                                     "folder holding every seed's run) or RUNS/<task>-s<seed>/<name>/, e.g. a training "
                                     "ablation; a name starting with kd is a kd row, any other a retrikt row")
+    paired: list[str] = arg(["retrikt:kd", "retrikt:finetune", "kd:finetune"],
+                            help="pairs of rows ROW_A:ROW_B (row names: kd, retrikt, an --extra name, ...) compared "
+                                 "example by example under the table (retrikt.eval.paired); none = no such section")
 
 
 def _find(folder: Path, task: str, method: str, seed: int) -> dict | None:
@@ -175,6 +178,7 @@ def main(argv=None) -> None:
         cells = [_cell(stores[s], key) for s in cfg.seeds]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines.append("| oracle entries | " + " | ".join(_cell(oracles[s], "entries") for s in cfg.seeds) + " |")
+    lines += _paired_lines(cfg, runs)
     if carried:
         lines += ["", f"Store stats of {', '.join(carried)} from {cfg.previous} (those store folders are gone)."]
     if cfg.note:
@@ -187,6 +191,15 @@ def main(argv=None) -> None:
     atomic_write_json(RESULTS / f"{stem}.json", out)
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _paired_lines(cfg: SeedStoresBench, runs: dict) -> list[str]:
+    """The --paired comparisons of the table's rows, each run relabelled by its row name."""
+    from retrikt.eval.paired import paired_records, paired_table, parse_pairs
+    pairs = [] if cfg.paired == ["none"] else parse_pairs(cfg.paired)
+    records = [{**r, "method": row, "tag": ""} for (row, _), r in runs.items() if r]
+    table = paired_table(paired_records(records, pairs, [cfg.task]))
+    return ["", "Paired comparisons (the same validation examples and seeds):", "", table] if table else []
 
 
 def _cell(stats: dict | None, key: str) -> str:

@@ -74,3 +74,18 @@ def test_extra_rows_are_read_from_their_folder_and_listed_before_the_oracle(tmp_
     rows, retrikt_rows = _rows(cfg)
     assert ("kd-prior", "kd, k-shot prior") in rows and "kd-prior" not in retrikt_rows
     assert _run(cfg, "kd-prior", 2)["main"] == 0.71
+
+
+def test_paired_rows_are_compared_on_their_predictions_by_row_name(tmp_path):
+    from benchmarks.seed_stores import _paired_lines
+    y = [0, 1] * 10
+
+    def run(preds):
+        return {"task": "sst2", "method": "retrikt", "seed": 1, "main": 0.0,
+                "predictions": [{"idx": i, "label": g, "pred": p} for i, (g, p) in enumerate(zip(y, preds))]}
+    # both runs are retrikt runs; the rows' names are what pairs them
+    runs = {("retrikt", 1): run(y), ("retrikt-prior", 1): run([1 - g for g in y[:4]] + y[4:]), ("kd", 1): None}
+    lines = "\n".join(_paired_lines(SeedStoresBench(paired=["retrikt:retrikt-prior", "retrikt:kd"]), runs))
+    assert "| retrikt − retrikt-prior | sst2 | +20.0 | +20.0 | 1 / 1 | 4 / 0 | 0.125 |" in lines
+    assert "retrikt − kd" not in lines  # no kd run: nothing to pair
+    assert _paired_lines(SeedStoresBench(paired=["none"]), runs) == []
