@@ -29,7 +29,7 @@ def _embedder_spec(e) -> dict:
     raise RetriktError(f"embedder must be a name or a dict with 'name' (and 'dim', 'normalize'), got {e!r}")
 
 
-_RESERVED = ("schema_version", "kind", "counts", "index", "created", "git_commit", "files")
+_RESERVED = ("schema_version", "kind", "counts", "index", "created", "git_commit", "versions", "files")
 
 
 def _check_meta(meta: dict, where: str = "store meta") -> dict:

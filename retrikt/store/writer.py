@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
-from retrikt.io import MANIFEST, RetriktError, atomic_path, atomic_write_json, folder_lock, git_commit, write_manifest
+from retrikt.io import (MANIFEST, RetriktError, atomic_path, atomic_write_json, folder_lock, git_commit, library_versions,
+                        write_manifest)
 from retrikt.store.index import build_index_report, index_params, save_index
 from retrikt.store.schema import (EMBEDDINGS, ENTRIES, ENTRY_KEYS, INDEX, PARTS, SCHEMA_VERSION, STORE_KIND,
                                   WRITER_STATE, _check_embeddings, _check_entry, _check_meta, _entries_table,
@@ -199,7 +200,9 @@ class StoreWriter:
         save_index(index, self.folder / INDEX)
         manifest = dict(schema_version=SCHEMA_VERSION, kind=STORE_KIND, **extra,
                         counts=_counts(table, len(batches)), index={"kind": params["kind"], "params": params},
-                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), git_commit=git_commit())
+                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), git_commit=git_commit(),
+                        # sampling follows the libraries too: a rebuild under other versions is another store
+                        versions=library_versions())
         write_manifest(self.folder, manifest, [ENTRIES, EMBEDDINGS, INDEX])
         logger.info("%s: finalized %d entries from %d batches, %s index", self.folder, table.num_rows,
                     len(batches), params["kind"])

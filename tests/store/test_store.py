@@ -58,6 +58,7 @@ def test_round_trip(store_dir):
     assert m["embedder"] == {"name": "tiny-emb", "dim": DIM, "normalize": True} and m["config"] == META["config"]
     assert m["counts"] == {"entries": 24, "batches": 4, "per_label": {"0": 8, "1": 8, "2": 8}}
     assert m["index"]["kind"] == "flat" and m["index"]["params"]["ntotal"] == 24
+    assert m["versions"]["torch"] and m["versions"]["transformers"]  # a rebuild under other libraries differs
     assert set(m["files"]) == {"entries.parquet", "embeddings.safetensors", "index.faiss"}
     assert m["files"]["index.faiss"]["sha256"] == sha256_file(store_dir / "index.faiss")
     assert store.checksum == sha256_file(store_dir / "manifest.json")
