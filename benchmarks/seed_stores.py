@@ -196,7 +196,7 @@ def main(argv=None) -> None:
 def _paired_lines(cfg: SeedStoresBench, runs: dict) -> list[str]:
     """The --paired comparisons of the table's rows, each run relabelled by its row name."""
     from retrikt.eval.paired import paired_records, paired_table, parse_pairs
-    pairs = [] if cfg.paired == ["none"] else parse_pairs(cfg.paired)
+    pairs = parse_pairs(cfg.paired)
     records = [{**r, "method": row, "tag": ""} for (row, _), r in runs.items() if r]
     table = paired_table(paired_records(records, pairs, [cfg.task]))
     return ["", "Paired comparisons (the same validation examples and seeds):", "", table] if table else []

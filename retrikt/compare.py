@@ -377,7 +377,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_args(argv)
-        cfg.paired = [] if cfg.paired in (["none"], "none") else cfg.paired
         parse_pairs(cfg.paired)  # a malformed pair fails before the grid runs, not after
         missing = {} if cfg.report_only else run_grid(cfg)
         table = write_report(cfg, missing)

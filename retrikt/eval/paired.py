@@ -27,7 +27,10 @@ def row_label(record: dict) -> str:
 
 
 def parse_pairs(specs) -> list[tuple[str, str]]:
-    """``["retrikt:kd", ...]`` -> ``[("retrikt", "kd"), ...]``, with an error naming a malformed one."""
+    """``["retrikt:kd", ...]`` -> ``[("retrikt", "kd"), ...]`` (``["none"]`` -> no pairs), with an error naming a
+    malformed one."""
+    if list(specs) == ["none"]:
+        return []
     out = []
     for s in specs:
         a, sep, b = str(s).partition(":")

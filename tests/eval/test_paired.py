@@ -55,4 +55,4 @@ def test_equal_rows_differ_by_nothing_and_unpaired_or_malformed_input_is_refused
     assert "mcnemar_p" not in cola and cola["a_only_right"] == 2  # MCC-scored: counts, no test of the metric
     with pytest.raises(RetriktError, match="ROW_A:ROW_B"):
         paired.parse_pairs(["retrikt-kd"])
-    assert paired.parse_pairs(["retrikt:kd"]) == [("retrikt", "kd")]
+    assert paired.parse_pairs(["retrikt:kd"]) == [("retrikt", "kd")] and paired.parse_pairs(["none"]) == []
