@@ -18,7 +18,7 @@ import numpy as np
 
 from retrikt import models
 from retrikt.config import arg, parse_config
-from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
+from retrikt.io import RetriktError, atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store import Store
 from retrikt.store.prior import kshot_prior, prior_weights, reweight
 from retrikt.store.samples import embed_examples, pair_format
@@ -41,6 +41,10 @@ class StoreKnnBench:
     data_dir: str | None = arg(None, help="folder with glue/ and superglue/ data")
     calibrate: bool = arg(True, help="also score the teacher's soft labels after content-free calibration (the "
                                      "store's labeller and demonstrations; build --label-calibration content-free)")
+    key_spaces: list[str] = arg([], help="also score the store and k-shot kNN in these key spaces: teacher (the "
+                                         "labeller's answer states: the store's teacher keys, queries through its "
+                                         "own labeller) or an encoder's short name (e.g. mpnet-base); per-seed "
+                                         "stores only")
     name: str = arg("store_knn", help="results file stem")
 
 
@@ -106,6 +110,8 @@ def oracle_gold(entries: list[dict], pool: list[dict]) -> list[int] | None:
 
 def diagnose(path: str, cfg: StoreKnnBench) -> dict:
     store = Store.open(path)
+    if cfg.key_spaces and "seed" not in store.manifest:
+        raise RetriktError(f"{path}: --key-spaces needs a per-seed store (its manifest names no seed)")
     task = get_task(store.manifest["task"])
     embedder = models.load_sentence_transformer(store.manifest["embedder"]["name"])
     val = load_split(task, "validation", data_dir=cfg.data_dir)
@@ -116,7 +122,7 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
     n = task.num_labels
     soft = np.asarray([e.get("soft_label") or _onehot(e["label"], n) for e in entries], dtype=np.float32)
     keys = np.asarray(store.embeddings, dtype=np.float32)
-    row = {"store": path, "task": task.name, "entries": len(store),
+    row = {"store": path, "task": task.name, "entries": len(store), "store_embedder": store.manifest["embedder"]["name"],
            "majority": max(np.bincount(gold, minlength=n)) / len(gold),
            "teacher_soft": _scores(task, gold, q, keys, soft, cfg.ks, cfg.tau),
            "conditioned": _scores(task, gold, q, keys, _onehot([e["label"] for e in entries], n), cfg.ks, cfg.tau)}
@@ -145,12 +151,41 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
         per_seed.append(_scores(task, gold, q, mem, shot_y, cfg.ks, cfg.tau))
         both.append(_scores(task, gold, q, np.concatenate([keys, mem]), np.concatenate([soft, shot_y]), cfg.ks,
                             cfg.tau))
+    w = None
     if "seed" in store.manifest and soft.sum(0).min() > 0:  # --store-prior kshot, as this seed's student would
         w = prior_weights(soft, kshot_prior([e["label"] for e in shot], n))
         row["teacher_prior"] = _scores(task, gold, q, keys, reweight(soft, w), cfg.ks, cfg.tau)
     row["kshot"] = {k: [s[k] for s in per_seed] for k in cfg.ks}
     row["both"] = {k: [s[k] for s in both] for k in cfg.ks}
+    row["spaces"] = {space: _in_space(space, store, task, val, shot, soft, w, cfg) for space in cfg.key_spaces}
     return row
+
+
+def _in_space(space: str, store, task, val: list[dict], shot: list[dict], soft: np.ndarray, weights, cfg) -> dict:
+    """Store kNN (teacher labels, and matched to the k-shot prior) and the k-shot gold kNN with ``space``'s keys
+    for the store's entries, its seed's k-shot examples and the validation queries."""
+    gold, n = [e["label"] for e in val], task.num_labels
+    texts = [dict(e["fields"]) for e in store.entries(range(len(store)))]
+    extra = {}
+    if space == "teacher":  # the labeller's answer states; the same labeller keys the validation queries
+        from retrikt.pipeline.keys import labeller_for
+        from retrikt.store.teacher_keys import load_teacher_keys
+        tk = load_teacher_keys(store)
+        keys, mem = tk.entries, np.stack([tk.kshot[e["idx"]] for e in shot])
+        clf, _ = labeller_for(store, cfg.data_dir)
+        clf.keep_answer_states()  # one pass gives the labeller's own predictions and the query keys
+        pred = clf.predict_proba(val).argmax(1).tolist()
+        q = tk.transform(clf.answer_states(val))
+        extra["labeller"] = compute_metrics(task, gold, pred)["main"]
+    else:
+        embedder = models.load_sentence_transformer(space)
+        fmt = pair_format(store.manifest)
+        q, keys, mem = (embed_examples(embedder, task, x, fmt) for x in (val, texts, shot))
+    out = {"teacher_soft": _scores(task, gold, q, keys, soft, cfg.ks, cfg.tau),
+           "kshot": _scores(task, gold, q, mem, _onehot([e["label"] for e in shot], n), cfg.ks, cfg.tau)} | extra
+    if weights is not None:
+        out["teacher_prior"] = _scores(task, gold, q, keys, reweight(soft, weights), cfg.ks, cfg.tau)
+    return out
 
 
 def table(rows: list[dict], ks: list[int]) -> str:
@@ -204,6 +239,33 @@ def summary(rows: list[dict], ks: list[int], labels: str = "teacher_soft") -> st
     return "\n".join(lines)
 
 
+def spaces_summary(rows: list[dict], ks: list[int]) -> str:
+    """Per task and key space, mean over the task's stores: store kNN (teacher labels; matched to the k-shot prior)
+    against the k-shot gold kNN in the same space; the labeller's own score where the space is its answer states."""
+    lines = ["| task | key space | memory | " + " | ".join(f"k={k}" for k in ks) + " |",
+             "|---|---|---|" + "---:|" * len(ks)]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        spaces = {"store": [{"teacher_soft": r["teacher_soft"], "teacher_prior": r.get("teacher_prior"),
+                             "kshot": {k: np.mean(r["kshot"][k]) for k in ks}} for r in mine]}
+        for name in dict.fromkeys(s for r in mine for s in r.get("spaces", {})):
+            spaces[name] = [r["spaces"][name] for r in mine if name in r.get("spaces", {})]
+        for name, cells in spaces.items():
+            label = name + (" (" + mine[0]["store_embedder"] + ")" if name == "store" else "")
+            if name == "teacher":
+                label += f"; labeller alone {100 * np.mean([c['labeller'] for c in cells]):.1f}"
+            for key, what in (("teacher_soft", "store, teacher labels"), ("teacher_prior", "store, matched to "
+                              "the k-shot prior"), ("kshot", "32 k-shot examples, gold")):
+                if any(c.get(key) is None for c in cells):
+                    continue
+                vals = [np.mean([c[key][k] for c in cells]) for k in ks]
+                lines.append(f"| {task} | {label} | {what} | " + " | ".join(f"{100 * v:.1f}" for v in vals) + " |")
+            delta = [np.mean([c["teacher_soft"][k] - c["kshot"][k] for c in cells]) for k in ks]
+            lines.append(f"| {task} | {label} | Δ store − k-shot | " + " | ".join(f"{100 * d:+.1f}" for d in delta)
+                         + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     setup_logging()
     cfg = parse_config(StoreKnnBench, argv, description=__doc__)
@@ -213,11 +275,15 @@ def main(argv=None) -> None:
     regen = f"python -m benchmarks.store_knn --stores {' '.join(cfg.stores)} --name {cfg.name}"
     if not cfg.calibrate:
         regen += " --calibrate false"
+    if cfg.key_spaces:
+        regen += f" --key-spaces {' '.join(cfg.key_spaces)}"
     md = (f"# kNN over the store vs over the k-shot set (validation, main metric x100)\n\n{table(rows, cfg.ks)}\n\n"
           f"Per task, mean over its stores (teacher labels; each store against its own seed's k-shot set):\n\n"
           f"{summary(rows, cfg.ks)}\n\n"
           + (f"The same, teacher labels matched to the k-shot prior (per-seed stores):\n\n"
              f"{summary(rows, cfg.ks, 'teacher_prior')}\n\n" if any("teacher_prior" in r for r in rows) else "") +
+          (f"By key space (mean over each task's stores, teacher labels):\n\n{spaces_summary(rows, cfg.ks)}\n\n"
+             if cfg.key_spaces else "") +
           f"β = 0 (retrikt's retrieval half only), τ = {cfg.tau}; k-shot baseline: a per-seed store's own seed, "
           f"an older store's mean ± std over seeds {cfg.seeds}. "
           f"Commit `{meta['git_commit']}`. Regenerate: `{regen}`\n")

@@ -17,7 +17,7 @@ from retrikt.store.teacher_keys import KEYS_FILE, KEYS_META
 logger = logging.getLogger(__name__)
 
 
-def _labeller_for(store, data_dir=None, device: str = "cpu"):
+def labeller_for(store, data_dir=None, device: str = "cpu"):
     """The store's own labeller (its manifest's spec, its seed's k-shot set) and that k-shot set."""
     from retrikt.tasks import get_task, load_split
     from retrikt.teacher.adapted import AdaptConfig
@@ -48,7 +48,7 @@ def add_teacher_keys(folder: str | Path, data_dir=None, device: str = "cpu", bat
 
     from retrikt.store import Store
     store = Store.open(folder)
-    clf, kshot = classifier or _labeller_for(store, data_dir, device)
+    clf, kshot = classifier or labeller_for(store, data_dir, device)
     texts = [dict(e["fields"]) for e in store.entries(range(len(store)))]
     entries, shots = clf.answer_states(texts, batch_size), clf.answer_states(kshot, batch_size)
     out = Path(folder) / KEYS_FILE

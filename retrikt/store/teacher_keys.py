@@ -33,10 +33,21 @@ class TeacherKeys:
     entries: np.ndarray   # [n, d] centred, L2-normalised: row i keys store entry i
     kshot: dict           # k-shot example idx -> [d] key, same transform
     labeller: dict
+    mean: np.ndarray | None = None  # [1, d] the raw entries' mean the transform subtracts
 
     @property
     def dim(self) -> int:
         return int(self.entries.shape[1])
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        """Raw answer states of other inputs (e.g. queries) put in the keys' space: centred on the entries' mean,
+        L2-normalised."""
+        return _normalise(np.asarray(raw, dtype=np.float32), self.mean)
+
+
+def _normalise(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    x = x - mean
+    return (x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
 
 
 def load_teacher_keys(store) -> TeacherKeys:
@@ -59,9 +70,5 @@ def load_teacher_keys(store) -> TeacherKeys:
     if len(raw["entries"]) != len(store):
         raise RetriktError(f"{keys_path}: {len(raw['entries'])} rows for a {len(store)}-entry store")
     mean = raw["entries"].mean(0, keepdims=True)
-
-    def norm(x: np.ndarray) -> np.ndarray:
-        x = x - mean
-        return (x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
-    kshot = dict(zip(raw["kshot_idx"].tolist(), norm(raw["kshot"])))
-    return TeacherKeys(norm(raw["entries"]), kshot, meta.get("labeller") or {})
+    kshot = dict(zip(raw["kshot_idx"].tolist(), _normalise(raw["kshot"], mean)))
+    return TeacherKeys(_normalise(raw["entries"], mean), kshot, meta.get("labeller") or {}, mean)

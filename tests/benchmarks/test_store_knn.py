@@ -96,3 +96,18 @@ def test_table_shows_the_gold_row_with_the_labeller_s_accuracy():
     row = {"store": "s", "entries": 10, "majority": 0.5, "teacher_soft": {4: 0.6}, "conditioned": {4: 0.55},
            "gold_labels": {4: 0.75}, "labeller_accuracy": 0.646, "kshot": {4: [0.5]}, "both": {4: [0.6]}}
     assert "| s | 10 | 50.0 | store, gold labels of its real inputs (labeller 64.6% right) | 75.0 |" in table([row], [4])
+
+
+def test_spaces_summary_sets_each_key_space_s_store_kNN_beside_its_own_k_shot_kNN():
+    from benchmarks.store_knn import spaces_summary
+    space = {"teacher_soft": {4: 0.80}, "kshot": {4: 0.70}, "labeller": 0.75}
+    rows = [{"task": "sst2", "store_embedder": "minilm-l6", "teacher_soft": {4: 0.62}, "teacher_prior": {4: 0.64},
+             "kshot": {4: [0.60]}, "spaces": {"teacher": space}},
+            {"task": "sst2", "store_embedder": "minilm-l6", "teacher_soft": {4: 0.66}, "kshot": {4: [0.58]},
+             "spaces": {"teacher": space | {"teacher_soft": {4: 0.90}, "labeller": 0.85}}}]
+    lines = spaces_summary(rows, [4]).splitlines()
+    assert "| sst2 | store (minilm-l6) | store, teacher labels | 64.0 |" in lines
+    assert "| sst2 | store (minilm-l6) | Δ store − k-shot | +5.0 |" in lines
+    assert not any("store (minilm-l6) | store, matched" in x for x in lines)  # one store lacks the prior row
+    assert "| sst2 | teacher; labeller alone 80.0 | store, teacher labels | 85.0 |" in lines
+    assert "| sst2 | teacher; labeller alone 80.0 | Δ store − k-shot | +15.0 |" in lines

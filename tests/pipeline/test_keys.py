@@ -121,3 +121,14 @@ def test_a_student_trained_towards_teacher_keys_may_search_its_own(keyed, tmp_pa
     again = load_retrieval_student(tmp_path / "student", get_task("sst2"), base="tiny-encoder")
     assert again.settings.keys == "student" and again.trained_keys == "teacher"
     np.testing.assert_allclose(again.predict_proba(EX), p, atol=1e-5)
+
+
+def test_transform_puts_other_inputs_answer_states_in_the_keys_space(keyed):
+    # queries keyed at retrieval time must go through the same centring as the stored keys, or cosines to them differ
+    store, clf = keyed
+    keys = load_teacher_keys(store)
+    raw = clf.answer_states(KSHOT)
+    got = keys.transform(raw)
+    for e, row in zip(KSHOT, got):
+        np.testing.assert_allclose(row, keys.kshot[e["idx"]], atol=1e-5)
+    assert not np.allclose(got, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-3)
