@@ -39,8 +39,9 @@ class Config(kd.Config):
                                            "teacher's space, as ReAugKD keys its memory), else store keys; the CV "
                                            "also scores the student's own keys",
                               choices=["store", "student", "teacher", "auto"])
-    key_align: float = arg(1.0, help="retrikt, --retrieval-keys teacher: weight of the cosine loss pulling the "
-                                     "student's projected query onto its own teacher key")
+    key_align: float = arg(1.0, help="retrikt: weight of the cosine loss pulling the student's projected query "
+                                     "onto its own key in the space it retrieves from (teacher keys; store keys "
+                                     "since session 24)")
     rel_weight: float = arg(1.0, help="retrikt: weight of the relational loss")
     rel_tau: float = arg(0.1, help="retrikt: temperature of the relational loss' similarity distributions")
     select_settings: bool = arg(True, help="retrikt: choose k, beta, tau on the k-shot set (never on validation)")
@@ -72,6 +73,9 @@ def _fit(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray, 
     space, tk = memory, None
     if settings.keys == "teacher":  # neighbours and their similarities in the teacher's space, own key to align to
         q_emb, space, tk = _teacher_space(cfg, store, labelled)
+        for e, key in zip(data, q_emb):
+            e["tkey"] = key
+    elif settings.keys == "store" and settings.key_align > 0:  # own key: the store embedder's embedding of it
         for e, key in zip(data, q_emb):
             e["tkey"] = key
     nbr_ids, nbr_sims = relational_targets(space, q_emb, min(cfg.retrieval_k, len(memory) - 1), self_ids)

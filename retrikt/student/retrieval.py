@@ -301,7 +301,7 @@ def retrieval_loss(model: RetrievalStudent, batch: list[dict], cfg: FitConfig, r
     student_sims = (q[:, None, :] * keys).sum(-1)
     rel = F.kl_div(F.log_softmax(student_sims / tau, -1), F.softmax(target / tau, -1), reduction="batchmean")
     loss = loss + rel_weight * rel
-    if model.teacher_keys is not None and model.settings.key_align > 0:  # land the query on its own teacher key
+    if model.settings.key_align > 0 and "tkey" in batch[0]:  # land the query on its own key
         own = torch.as_tensor(np.stack([e["tkey"] for e in batch]), device=q.device)
         loss = loss + model.settings.key_align * (1 - (q * own).sum(-1)).mean()
     return loss

@@ -429,3 +429,28 @@ def test_store_prior_kshot_gives_the_store_labels_the_training_examples_prior(tm
         np.testing.assert_allclose(again.teacher_probs, model.teacher_probs)
     _, plain = run_method(dataclasses.replace(cfg, store_prior="none"), get_task("sst2"), skewed, seed=1)
     assert (plain["label_weights"] if method == "kd" else plain["retrieval"]["label_weights"]) is None
+
+
+def test_store_keys_train_the_projection_onto_each_example_s_own_store_key(tmp_path, monkeypatch):
+    # the projected query must land where the store's embedder puts the same text, or it retrieves another's neighbours
+    from retrikt.methods import TrainConfig, run_method
+    from retrikt.student import retrieval
+    from retrikt.student.retrieval import open_store
+    import retrikt.methods.retrikt as retrikt_mod
+    path = _tiny_store(tmp_path / "store")
+    seen, real_fit = [], retrikt_mod.fit
+
+    def spy(model, data, *a, **k):
+        seen.append(data)
+        return real_fit(model, data, *a, **k)
+    monkeypatch.setattr(retrikt_mod, "fit", spy)
+    cfg = TrainConfig(task="sst2", method="retrikt", student="tiny-encoder", store=str(path), epochs=1,
+                      retrieval_keys="store", select_settings=False)
+    model, _ = run_method(cfg, get_task("sst2"), KSHOT, seed=1)
+    store_rows = [e for e in seen[-1] if e["idx"] < 0]
+    np.testing.assert_allclose(np.stack([e["tkey"] for e in store_rows]), open_store(str(path)).embeddings)
+    batch, fc = seen[-1][:4], retrieval.FitConfig()
+    model.eval()
+    with_align = retrieval.retrieval_loss(model, batch, fc, 1.0, 0.1).item()
+    model.settings.key_align = 0.0
+    assert retrieval.retrieval_loss(model, batch, fc, 1.0, 0.1).item() < with_align
