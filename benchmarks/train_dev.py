@@ -7,7 +7,8 @@ The brief's rule is that hyper-parameters are chosen on training data only; a re
 neighbour count) compared on the validation set would be chosen on the figures it is then reported with. This scores
 students saved by ``retrikt.train --save-student`` on up to ``--n`` training examples drawn with a fixed seed,
 never one of the 32 k-shot examples of any seed the students were trained with (the labels of the rest are unseen by
-every student: the stores hold generated text). ``--min-words`` keeps the slice like the validation set where the
+every student: generated stores hold generated text; an oracle store's real training inputs are *not* left out, so
+do not screen oracle-store students with it). ``--min-words`` keeps the slice like the validation set where the
 training split is mostly phrases (SST-2's training examples average 9 words, its validation sentences 20).
 """
 from __future__ import annotations
