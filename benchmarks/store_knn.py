@@ -12,6 +12,7 @@ This reads validation labels to *diagnose* a store; nothing here selects a setti
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -46,6 +47,12 @@ class StoreKnnBench:
                                          "own labeller) or an encoder's short name (e.g. mpnet-base); per-seed "
                                          "stores only")
     name: str = arg("store_knn", help="results file stem")
+
+
+@functools.lru_cache(maxsize=None)
+def _encoder(name: str):
+    """A sentence embedder, loaded once per run however many stores use it."""
+    return models.load_sentence_transformer(name)
 
 
 def knn_predict(sims: np.ndarray, ids: np.ndarray, labels: np.ndarray, tau: float) -> np.ndarray:
@@ -113,7 +120,7 @@ def diagnose(path: str, cfg: StoreKnnBench) -> dict:
     if cfg.key_spaces and "seed" not in store.manifest:
         raise RetriktError(f"{path}: --key-spaces needs a per-seed store (its manifest names no seed)")
     task = get_task(store.manifest["task"])
-    embedder = models.load_sentence_transformer(store.manifest["embedder"]["name"])
+    embedder = _encoder(store.manifest["embedder"]["name"])
     val = load_split(task, "validation", data_dir=cfg.data_dir)
     gold = [e["label"] for e in val]
     fmt = pair_format(store.manifest)
@@ -178,7 +185,7 @@ def _in_space(space: str, store, task, val: list[dict], shot: list[dict], soft: 
         q = tk.transform(clf.answer_states(val))
         extra["labeller"] = compute_metrics(task, gold, pred)["main"]
     else:
-        embedder = models.load_sentence_transformer(space)
+        embedder = _encoder(space)
         fmt = pair_format(store.manifest)
         q, keys, mem = (embed_examples(embedder, task, x, fmt) for x in (val, texts, shot))
     out = {"teacher_soft": _scores(task, gold, q, keys, soft, cfg.ks, cfg.tau),

@@ -71,11 +71,9 @@ def _fit(cfg: Config, task, store, labelled: list[dict], kshot_emb: np.ndarray, 
     settings = replace(settings, label_weights=kd.label_weights(cfg, task, store, labelled))
     memory, data, q_emb, self_ids = _memory(cfg, task, store, labelled, kshot_emb, settings.label_weights)
     space, tk = memory, None
-    if settings.keys == "teacher":  # neighbours and their similarities in the teacher's space, own key to align to
+    if settings.keys == "teacher":  # neighbours and their similarities in the teacher's space
         q_emb, space, tk = _teacher_space(cfg, store, labelled)
-        for e, key in zip(data, q_emb):
-            e["tkey"] = key
-    elif settings.keys == "store" and settings.key_align > 0:  # own key: the store embedder's embedding of it
+    if settings.keys in ("teacher", "store") and settings.key_align > 0:  # each example's own key, to align to
         for e, key in zip(data, q_emb):
             e["tkey"] = key
     nbr_ids, nbr_sims = relational_targets(space, q_emb, min(cfg.retrieval_k, len(memory) - 1), self_ids)

@@ -12,19 +12,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from retrikt.io import MANIFEST, RetriktError
+from retrikt.store.schema import _RESERVED
 
 logger = logging.getLogger(__name__)
 
-# written by the writer itself or tied to the source's files
-_OWN = ("schema_version", "kind", "counts", "index", "created", "git_commit", "versions", "files",
-        "task", "teacher", "embedder")
+# written by the writer itself, or fixed by its meta (task / teacher / the new embedder)
+_OWN = _RESERVED + ("task", "teacher", "embedder")
 
 
-def rekey_store(src: str | Path, embedder_name: str, out: str | Path, device: str = "cpu",
-                batch_size: int = 256) -> Path:
+def rekey_store(src: str | Path, embedder_name: str, out: str | Path, device: str = "cpu") -> Path:
     """Write ``src``'s entries keyed by ``embedder_name`` to ``out``; returns ``out``."""
     from retrikt import models
     from retrikt.store import Store, StoreWriter
@@ -41,8 +38,7 @@ def rekey_store(src: str | Path, embedder_name: str, out: str | Path, device: st
     embedder = models.load_sentence_transformer(embedder_name, device=device)
     entries = store.entries(range(len(store)))
     fmt = pair_format(m)
-    keys = [embed_examples(embedder, task, [dict(e["fields"]) for e in entries[i:i + batch_size]], fmt)
-            for i in range(0, len(entries), batch_size)]
+    keys = embed_examples(embedder, task, [dict(e["fields"]) for e in entries], fmt)  # the encoder batches
     meta = {"task": m["task"], "teacher": m["teacher"],
             "embedder": {"name": embedder_name, "dim": embedding_dim(embedder), "normalize": True,
                          "pair_format": fmt}}
@@ -51,7 +47,7 @@ def rekey_store(src: str | Path, embedder_name: str, out: str | Path, device: st
                          "embedder": m["embedder"]}}
     with StoreWriter(out, meta) as w:
         w.add_batch(0, [{k: e[k] for k in ("fields", "label", "soft_label", "meta") if k in e} for e in entries],
-                    np.concatenate(keys))
+                    keys)
         w.finalize(extra_meta=extra)
     logger.info("%s: %d entries of %s re-keyed by %s", out, len(entries), store.folder, embedder_name)
     return out

@@ -33,7 +33,7 @@ class TeacherKeys:
     entries: np.ndarray   # [n, d] centred, L2-normalised: row i keys store entry i
     kshot: dict           # k-shot example idx -> [d] key, same transform
     labeller: dict
-    mean: np.ndarray | None = None  # [1, d] the raw entries' mean the transform subtracts
+    mean: np.ndarray      # [1, d] the raw entries' mean the transform subtracts
 
     @property
     def dim(self) -> int:
