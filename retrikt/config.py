@@ -86,6 +86,9 @@ def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
     """Build ``cls`` from a dict, refusing unknown keys and values of the wrong type."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    odd = [k for k in data if not isinstance(k, str)]  # YAML reads `~:` or `1:` as a null / int key
+    if odd:
+        raise RetriktError(f"{source}: option names must be text, got {', '.join(map(repr, odd))}")
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise RetriktError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")

@@ -97,3 +97,16 @@ def test_preset_file_sits_under_the_yaml_and_the_flags(tmp_path):
     (presets / "typo.yaml").write_text("epochz: 1\n")
     with pytest.raises(RetriktError, match="typo.yaml: unknown option.*epochz"):
         parse_config(Recipe, ["--preset", "typo"], presets=presets)
+
+
+def test_a_recipe_with_a_non_text_option_name_is_refused_naming_the_file(tmp_path):
+    # found by the recipe fuzz test: `~: 1` gave a TypeError from sorting None among the option names
+    import pytest
+    from retrikt.config import from_dict, load_yaml
+    from retrikt.io import RetriktError
+    from retrikt.pipeline.config import BuildConfig
+    for text in ("~: 1\n", "1: x\ntask: sst2\n"):
+        path = tmp_path / "recipe.yaml"
+        path.write_text(text)
+        with pytest.raises(RetriktError, match="recipe.yaml: option names must be text"):
+            from_dict(BuildConfig, load_yaml(path), str(path))
