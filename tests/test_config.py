@@ -101,7 +101,6 @@ def test_preset_file_sits_under_the_yaml_and_the_flags(tmp_path):
 
 def test_a_recipe_with_a_non_text_option_name_is_refused_naming_the_file(tmp_path):
     # found by the recipe fuzz test: `~: 1` gave a TypeError from sorting None among the option names
-    import pytest
     from retrikt.config import from_dict, load_yaml
     from retrikt.io import RetriktError
     from retrikt.pipeline.config import BuildConfig
