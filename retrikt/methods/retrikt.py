@@ -40,8 +40,9 @@ class Config(kd.Config):
                                            "also scores the student's own keys",
                               choices=["store", "student", "teacher", "auto"])
     key_align: float = arg(1.0, help="retrikt: weight of the cosine loss pulling the student's projected query "
-                                     "onto its own key in the space it retrieves from (teacher keys; store keys "
-                                     "since session 24)")
+                                     "onto its own key in the space it retrieves from (teacher or store keys); "
+                                     "the best weight is per task, choose it on held-out training data "
+                                     "(benchmarks.train_dev)")
     rel_weight: float = arg(1.0, help="retrikt: weight of the relational loss")
     rel_tau: float = arg(0.1, help="retrikt: temperature of the relational loss' similarity distributions")
     select_settings: bool = arg(True, help="retrikt: choose k, beta, tau on the k-shot set (never on validation)")
