@@ -11,7 +11,8 @@ Resumable: a (method, task, seed) whose results file exists is not recomputed; s
 (task, seed), each from that seed's k-shot set, so the kd / retrikt runs of a seed stay k-shot. Methods that are not
 available are listed as missing, never silently skipped. What a row needs (a store, the other tasks' lora modules,
 one seed only, a causal-LM student) is read from its method's and initialiser's declarations (retrikt.methods,
-retrikt.init).
+retrikt.init). A task's training recipe (``train/tasks/<task>.yaml``, retrikt.methods.recipes) sets options chosen
+for that task on held-out training data.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from retrikt.io import RetriktError, atomic_write_text, run_metadata
 from retrikt.init import INITS, Init
 from retrikt.logs import setup_logging
 from retrikt.methods import Method, TrainConfig, check_combination, get_method, run_label
+from retrikt.methods.recipes import task_options
 
 logger = logging.getLogger("retrikt.compare")
 
@@ -60,6 +62,10 @@ class CompareConfig:
     store_recipes: str = arg("stores", help="folder of build recipes <task>.yaml (retrikt.build options) for the stores "
                                           "compare builds; compare sets task, seed, teacher, embedder, shots, out "
                                           "and data dir, and the three options below when given")
+    train_recipes: str = arg("train/tasks", help="folder of per-task training recipes <task>.yaml (method: {option: "
+                                                 "value}): a method's options chosen for that task on held-out "
+                                                 "training data (e.g. sst2.yaml: retrikt: {key_align: 30}); a run "
+                                                 "trained otherwise is redone; not read by the smoke preset")
     per_label: int | None = arg(None, help="generated samples per label when a store must be built (default: the "
                                            "task's recipe, else retrikt.build's)")
     max_new_tokens: int | None = arg(None, help="longest generated store sample (default: the recipe's)")
@@ -143,13 +149,17 @@ def train_config(cfg: CompareConfig, label: str, task: str, seed: int) -> TrainC
         extra.update(retrieval_keys=cfg.retrieval_keys, cv_folds=cfg.cv_folds)
     if r.method.students == ("teacher",):
         extra["teacher_calibration"] = cfg.teacher_calibration
-    return TrainConfig(task=task, method=r.method.name, init=r.init.name,
-                       student=cfg.lm_student if lm else cfg.student,
-                       teacher=cfg.parametric_teacher if lm else cfg.teacher, shots=cfg.shots, seeds=[seed],
-                       data_dir=cfg.data_dir, out=str(Path(cfg.out) / "runs"),
-                       epochs=cfg.lm_epochs if lm else cfg.epochs, eval_limit=cfg.eval_limit,
-                       max_length=cfg.lm_max_length if lm else cfg.max_length,
-                       store=str(store_path(cfg, task, seed)) if r.needs_store else None, **extra)
+    fixed = dict(task=task, method=r.method.name, init=r.init.name, student=cfg.lm_student if lm else cfg.student,
+                 teacher=cfg.parametric_teacher if lm else cfg.teacher, shots=cfg.shots, seeds=[seed],
+                 data_dir=cfg.data_dir, out=str(Path(cfg.out) / "runs"), epochs=cfg.lm_epochs if lm else cfg.epochs,
+                 eval_limit=cfg.eval_limit, max_length=cfg.lm_max_length if lm else cfg.max_length,
+                 store=str(store_path(cfg, task, seed)) if r.needs_store else None, **extra)
+    return TrainConfig(**fixed, **recipe_options(cfg, r, task, fixed))
+
+
+def recipe_options(cfg: CompareConfig, r: Row, task: str, fixed: dict) -> dict:
+    """The row's options from the task's training recipe (none for the smoke preset's random tiny models)."""
+    return {} if cfg.preset == "smoke" else task_options(cfg.train_recipes, task, r.method, fixed)
 
 
 def lora_adapter(cfg: CompareConfig, task: str, seed: int) -> Path:
@@ -233,6 +243,11 @@ def _done(cfg: CompareConfig, tc) -> bool:
                     tc.seeds[0], f"{recorded['cv_folds']}-fold CV" if recorded.get("cv_folds", 0) >= 2
                     else "a held-out quarter", tc.cv_folds)
         return False
+    for key in recipe_options(cfg, r, tc.task, {}):
+        if recorded.get(key) != getattr(tc, key):
+            logger.info("%s %s seed %d was trained with %s = %s, the task recipe says %s: redoing it", tc.task,
+                        r.label, tc.seeds[0], key, recorded.get(key), getattr(tc, key))
+            return False
     if (r.method.students == ("teacher",) and calibration_applies(get_task(tc.task))
             and recorded.get("teacher_calibration", "none") != tc.teacher_calibration):
         logger.info("%s %s was scored with calibration %s, now %s: redoing it", tc.task, r.label,
@@ -254,6 +269,8 @@ def _jobs(cfg: CompareConfig, labels: list[str]) -> list[tuple[str, str, int]]:
 def check_row(cfg: CompareConfig, label: str) -> None:
     """A RetriktError saying why ``label`` cannot run in this grid (unknown, impossible combination, one task)."""
     check_combination(train_config(cfg, label, cfg.tasks[0], cfg.seeds[0]))
+    for task in cfg.tasks[1:]:  # every task's training recipe is read now, not after hours of other rows
+        train_config(cfg, label, task, cfg.seeds[0])
     if row(label).needs_lora_modules and len(cfg.tasks) < 2:
         raise RetriktError("merges the lora modules of the other tasks: compare at least two tasks")
 

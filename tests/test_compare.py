@@ -368,3 +368,60 @@ def test_paired_comparisons_are_written_under_the_table_and_a_bad_pair_fails_bef
     assert compare.main(_args(tmp_path, "--report-only", "--paired", "none")) == 0
     assert "Paired" not in (tmp_path / "cmp" / "table.md").read_text()
     assert not (tmp_path / "cmp" / "paired.json").exists()
+
+
+def test_a_task_recipe_sets_its_methods_options_on_that_tasks_rows_only(tmp_path):
+    (tmp_path / "sst2.yaml").write_text("retrikt:\n  key_align: 30\n  rel_weight: 2\nkd:\n  store_prior: kshot\n")
+    cfg = compare.CompareConfig(train_recipes=str(tmp_path))
+    tc = compare.train_config(cfg, "retrikt", "sst2", 2)
+    assert (tc.key_align, tc.rel_weight, tc.store_prior) == (30, 2, "none")
+    assert compare.train_config(cfg, "kd", "sst2", 2).store_prior == "kshot"
+    assert compare.train_config(cfg, "retrikt", "cb", 2).key_align == 1.0    # no cb.yaml: the defaults
+    assert compare.train_config(cfg, "finetune", "sst2", 2).key_align == 1.0  # no section for finetune
+    smoke = compare.CompareConfig(train_recipes=str(tmp_path), preset="smoke")
+    assert compare.train_config(smoke, "retrikt", "sst2", 2).key_align == 1.0  # random tiny models: not read
+
+
+@pytest.mark.parametrize("text, why", [
+    ("retrikt:\n  key_algn: 30\n", "retrikt has no option key_algn"),
+    ("retrikt:\n  cv_folds: 3\n", "cv_folds is set by retrikt.compare"),
+    ("retrikt:\n  epochs: 3\n", "epochs is set by retrikt.compare"),
+    ("retrkt:\n  key_align: 30\n", "unknown method 'retrkt'"),
+    ("retrikt: 30\n", "expected method: {option: value}"),
+    ("retrikt:\n  key_align: strong\n", "key_align"),
+])
+def test_a_bad_task_recipe_is_refused_naming_the_file_and_the_option(tmp_path, text, why):
+    (tmp_path / "sst2.yaml").write_text(text)
+    cfg = compare.CompareConfig(train_recipes=str(tmp_path))
+    with pytest.raises(compare.RetriktError) as e:
+        compare.train_config(cfg, "retrikt", "sst2", 1)
+    assert why in str(e.value) and "sst2.yaml" in str(e.value)
+
+
+def test_a_bad_task_recipe_fails_before_any_run(tmp_path):
+    """A typo in the second task's recipe makes the row missing, with its reason, before the first task's runs."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "rte.yaml").write_text("finetune:\n  lr: fast\n")
+    args = ["--tasks", "cb", "rte", "--methods", "finetune", "--seeds", "1", "--out", str(tmp_path / "cmp"),
+            "--stores", str(tmp_path / "stores"), "--train-recipes", str(recipes)]
+    assert compare.main(args) == 0
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "rte.yaml" in table.split("Missing:")[1]
+    assert not list((tmp_path / "cmp" / "runs").glob("*.json"))
+
+
+def test_a_run_trained_with_other_recipe_options_is_redone(tmp_path):
+    import json
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "cb.yaml"
+    cfg = compare.CompareConfig(tasks=["cb"], seeds=[1], out=str(tmp_path / "cmp"), train_recipes=str(recipe.parent))
+    recipe.write_text("finetune:\n  lr: 0.001\n")
+    tc = compare.train_config(cfg, "finetune", "cb", 1)
+    result = compare.result_file(cfg, tc)
+    result.parent.mkdir(parents=True)
+    result.write_text(json.dumps({"config": dataclasses.asdict(tc)}))
+    assert compare._done(cfg, tc)
+    recipe.write_text("finetune:\n  lr: 0.0001\n")  # chosen anew: the run on record is not this row's
+    tc = compare.train_config(cfg, "finetune", "cb", 1)
+    assert not compare._done(cfg, tc)
