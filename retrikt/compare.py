@@ -64,7 +64,7 @@ class CompareConfig:
                                           "and data dir, and the three options below when given")
     train_recipes: str = arg("train/tasks", help="folder of per-task training recipes <task>.yaml (method: {option: "
                                                  "value}): a method's options chosen for that task on held-out "
-                                                 "training data (e.g. sst2.yaml: retrikt: {key_align: 30}); a run "
+                                                 "training data (e.g. sst2.yaml: kd: {store_prior: kshot}); a run "
                                                  "trained otherwise is redone; not read by the smoke preset")
     per_label: int | None = arg(None, help="generated samples per label when a store must be built (default: the "
                                            "task's recipe, else retrikt.build's)")

@@ -1,11 +1,14 @@
 """Per-task training options for compare's rows: ``<folder>/<task>.yaml`` maps a method to options of its Config.
 
     # train/tasks/sst2.yaml
+    kd:
+      store_prior: kshot
     retrikt:
-      key_align: 30
+      store_prior: kshot
 
-Some options are worth different values on different tasks (the weight of the retrieval student's pull onto the
-labeller's keys helps SST-2 and hurts CB); a task recipe holds what was chosen for that task on held-out training data
+Some options are worth different values on different tasks (re-weighting the store's labels to the k-shot prior
+helps kd on SST-2 and not on CB; a heavier pull onto the labeller's keys helps retrikt on SST-2 and hurts it on CB); a
+task recipe holds what was chosen for that task on held-out training data
 (``benchmarks.train_dev``), so that ``retrikt.compare`` trains every task's row the way it was chosen. compare keeps
 what makes rows comparable (task, seed, student, teacher, shots, store, epochs, ...): a recipe may set only options
 of the method's own Config that compare does not set itself.
@@ -53,5 +56,5 @@ def task_options(folder: str | Path | None, task: str, method, fixed: dict) -> d
         raise RetriktError(f"{path}: {', '.join(clash)} is set by retrikt.compare for every row (pass it to "
                            "compare instead); a task recipe holds only a method's own options")
     # the types are checked here, before any run: a typo must not surface after hours of other rows
-    from_dict(method.config_cls, options, str(path))
-    return options
+    checked = from_dict(method.config_cls, options, str(path))
+    return {k: getattr(checked, k) for k in options}
