@@ -22,17 +22,13 @@ from retrikt.config import from_dict, load_yaml
 from retrikt.io import RetriktError
 
 
-def recipe_path(folder: str | Path, task: str) -> Path:
-    return Path(folder) / f"{task}.yaml"
-
-
 def task_options(folder: str | Path | None, task: str, method, fixed: dict) -> dict:
     """The options ``<folder>/<task>.yaml`` gives ``method`` (a Method), checked against its Config ({} when the
     folder, the file or the method's section is absent). ``fixed``: the options compare sets for the row, which a
     recipe must not change (a RetriktError names the file and the option)."""
     if not folder:
         return {}
-    path = recipe_path(folder, task)
+    path = Path(folder) / f"{task}.yaml"
     if not path.exists():
         return {}
     data = load_yaml(path)
