@@ -3,12 +3,14 @@
     python -m retrikt.build --task cb --teacher qwen-0.5b --per-label 200 --out stores/cb-qwen0.5b
     python -m retrikt.build --config stores/cb.yaml
     python -m retrikt.build --smoke --task cb
+    python -m retrikt.build --from-store stores/sst2-a0-s1 --min-agreement 0.7 --out stores/sst2-a07-s1
     accelerate launch --multi_gpu --num_processes 4 -m retrikt.build --task cb --per-label 5000   # 4 GPUs
     accelerate launch --multi_gpu --num_processes 2 -m retrikt.build --smoke --task cb   # no GPU: 2 gloo ranks
 
 Re-running an interrupted build with the same command continues from its last finished batch (each rank from its
 own shard). Under accelerate launch, rank 0 tunes the soft prompt while the others wait, every rank generates a
-round-robin share of the batches, and rank 0 merges the shards into the store.
+round-robin share of the batches, and rank 0 merges the shards into the store. --from-store re-applies the
+agreement filter to a finished store at a stricter threshold, without generating (retrikt.pipeline.refilter).
 """
 from __future__ import annotations
 
@@ -27,7 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(BuildConfig, argv, description=__doc__, smoke=SMOKE)
         if "--smoke" in (argv if argv is not None else sys.argv[1:]) and not cfg.out:
             cfg.out = f"stores/smoke-{cfg.task}"
-        path = build_store(cfg)
+        if cfg.from_store:
+            if not cfg.out:
+                raise RetriktError("--from-store needs --out (the re-filtered store's folder)")
+            from retrikt.pipeline.refilter import refilter_store
+            path = refilter_store(cfg.from_store, cfg.min_agreement, cfg.out)
+        else:
+            path = build_store(cfg)
     except RetriktError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

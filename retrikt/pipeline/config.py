@@ -46,6 +46,10 @@ class BuildConfig(AdaptConfig):
                                       "write when asked; they still pass the agreement filter. -1 = off")
     min_agreement: float = arg(0.5, help="keep a sample only when the labeller's argmax is its conditioned label with "
                                          "at least this probability; 0 keeps all (counted as disagree either way)")
+    from_store: str | None = arg(None, help="re-filter this finished store instead of generating: its entries that "
+                                            "pass --min-agreement (at least the threshold it was built with) go to "
+                                            "--out with its provenance; no model is loaded, other build options "
+                                            "are ignored. Build once with --min-agreement 0, then sweep")
     teacher_keys: bool = arg(True, help="after labelling, also write the labeller's answer-position states as a "
                                         "second key set (teacher_keys.safetensors: --retrieval-keys teacher)")
     shots: int = arg(32, help="k-shot examples the soft prompt is tuned on (same sampling as retrikt.train)")

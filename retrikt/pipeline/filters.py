@@ -106,10 +106,15 @@ def agreement(kept: list[dict], entries: list[dict], min_agreement: float) -> tu
     """Which labelled candidates to keep, and the counts. A candidate agrees when the labeller's argmax is its
     conditioned label with probability >= ``min_agreement``; 0 keeps them all (still counted). An oracle input has
     no conditioned label (its label is the argmax), so there is nothing to disagree with: it always passes."""
-    ok = [k["label"] is None or (e["meta"]["agree"] and e["soft_label"][e["label"]] >= min_agreement)
-          for k, e in zip(kept, entries)]
+    ok = [k["label"] is None or passes_agreement(e, min_agreement) for k, e in zip(kept, entries)]
     keep = [i for i, a in enumerate(ok) if a or min_agreement <= 0]
     return keep, {"agreed": sum(ok), "disagree": len(ok) - sum(ok)}
+
+
+def passes_agreement(entry: dict, min_agreement: float) -> bool:
+    """A labelled entry agrees: the labeller's argmax is its label with probability >= ``min_agreement`` (the rule
+    of :func:`agreement`, applied to a stored entry by retrikt.pipeline.refilter)."""
+    return bool(entry["meta"]["agree"]) and entry["soft_label"][int(entry["label"])] >= min_agreement
 
 
 LOG_COUNTS = ("generated", "parsed", "copies", "exact_dups", "unfinished", "label_words", "disagree", "agreed",
