@@ -30,6 +30,9 @@ from benchmarks.common import RESULTS
 class StoreQualityBench:
     stores: list[str] = arg([], help="store folders to compare")
     name: str = arg("store_quality", help="results file stem")
+    rows_from: list[str] = arg([], help="FILE or FILE:TEXT: rows measured earlier, read from a store_quality results "
+                                        "JSON (only those whose store path contains TEXT), for stores no longer on "
+                                        "disk; each keeps the file and commit it came from")
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -83,19 +86,42 @@ def build_cost(manifest: dict) -> dict:
 def main(argv=None) -> None:
     setup_logging()
     cfg = parse_config(StoreQualityBench, argv, description=__doc__)
-    rows = [describe(p) for p in cfg.stores]
+    rows = [describe(p) for p in cfg.stores] + [r for spec in cfg.rows_from for r in earlier_rows(spec)]
+    if not rows:
+        raise SystemExit("error: no stores (--stores) and no earlier rows (--rows-from)")
     out = run_metadata(cfg) | {"rows": rows}
     atomic_write_json(RESULTS / f"{cfg.name}.json", out)
     lines = ["# Knowledge-store quality", "",
              "| store | RL | final KL | generated | entries | parse rate | keep rate | teacher agreement | build min | "
              "peak RSS GiB | entries / h | mean pairwise cos | distinct-1 | distinct-2 | labels |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    lines += [table_row(r) for r in rows]
+    if cfg.rows_from:  # one more column: where each row was measured
+        lines[2], lines[3] = lines[2] + " measured |", lines[3] + "---|"
+        lines += [table_row(r) + f" {r.get('measured_in', {}).get('file', 'this run')} |" for r in rows]
+    else:
+        lines += [table_row(r) for r in rows]
     lines += completion_lines(rows)
-    lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.store_quality --stores "
-              f"{' '.join(cfg.stores)} --name {cfg.name}`"]
+    args = (f" --stores {' '.join(cfg.stores)}" if cfg.stores else "") + \
+        (f" --rows-from {' '.join(cfg.rows_from)}" if cfg.rows_from else "")
+    lines += ["", f"Commit `{out['git_commit']}`. Regenerate: `python -m benchmarks.store_quality{args} "
+              f"--name {cfg.name}`"]
     atomic_write_text(RESULTS / f"{cfg.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def earlier_rows(spec: str) -> list[dict]:
+    """Rows of an earlier store_quality results file (``FILE`` or ``FILE:TEXT``, TEXT filtering the store paths),
+    each marked with the file and the commit it was measured at."""
+    path, _, text = spec.partition(":")
+    path = Path(path) if Path(path).exists() else RESULTS / path
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: --rows-from {spec}: cannot read {path} ({e})") from None
+    rows = [r for r in data.get("rows", []) if text in str(r.get("store", ""))]
+    if not rows:
+        raise SystemExit(f"error: --rows-from {spec}: no row of {path} names a store containing {text!r}")
+    return [dict(r, measured_in={"file": path.name, "git_commit": data.get("git_commit")}) for r in rows]
 
 
 def completion_lines(rows: list[dict]) -> list[str]:

@@ -30,3 +30,21 @@ def test_completion_lines_give_the_parse_rate_without_the_continued_samples():
     lines = completion_lines(rows)
     assert len(lines) == 3 and lines[2] == "- a: 30 continued, 30 of them parse; parse rate 0.615, 0.302 without them"
     assert completion_lines(rows[1:]) == []
+
+
+def test_earlier_rows_keep_only_the_named_stores_and_say_where_they_were_measured(tmp_path):
+    import json
+
+    import pytest
+
+    from benchmarks.store_quality import earlier_rows
+    f = tmp_path / "old.json"
+    f.write_text(json.dumps({"git_commit": "abc", "rows": [{"store": "/x/cb-s1", "entries": 5},
+                                                           {"store": "/x/rte-s1", "entries": 7}]}))
+    assert earlier_rows(f"{f}:cb-") == [{"store": "/x/cb-s1", "entries": 5,
+                                         "measured_in": {"file": "old.json", "git_commit": "abc"}}]
+    assert [r["entries"] for r in earlier_rows(str(f))] == [5, 7]
+    with pytest.raises(SystemExit, match="no row"):
+        earlier_rows(f"{f}:copa")
+    with pytest.raises(SystemExit, match="cannot read"):
+        earlier_rows(str(tmp_path / "missing.json"))
