@@ -121,7 +121,12 @@ def earlier_rows(spec: str) -> list[dict]:
     rows = [r for r in data.get("rows", []) if text in str(r.get("store", ""))]
     if not rows:
         raise SystemExit(f"error: --rows-from {spec}: no row of {path} names a store containing {text!r}")
-    return [dict(r, measured_in={"file": path.name, "git_commit": data.get("git_commit")}) for r in rows]
+    # older files lack some columns (shown as gaps); a row already merged keeps the file it was first measured in
+    cols = dict.fromkeys(("rl", "final_kl", "generated", "parse_rate", "keep_rate", "agreement", "build_minutes",
+                          "peak_rss_gib", "entries_per_hour", "mean_pairwise_cosine", "distinct_1", "distinct_2",
+                          "labels"))
+    first = {"file": path.name, "git_commit": data.get("git_commit")}
+    return [cols | r | {"measured_in": r.get("measured_in") or first} for r in rows]
 
 
 def completion_lines(rows: list[dict]) -> list[str]:

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         if "--smoke" in (argv if argv is not None else sys.argv[1:]) and not cfg.out:
             cfg.out = f"stores/smoke-{cfg.task}"
         if cfg.from_store:
+            if rank:
+                return 0  # one process writes the re-filtered store
             if not cfg.out:
                 raise RetriktError("--from-store needs --out (the re-filtered store's folder)")
             from retrikt.pipeline.refilter import refilter_store

@@ -22,7 +22,7 @@ def setup_logging(level: int = logging.INFO, fmt: str = FORMAT) -> None:
     for name in OURS:
         logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
-    if not sys.stderr.isatty():
+    if sys.stderr is not None and not sys.stderr.isatty():
         quiet_library_bars()
 
 

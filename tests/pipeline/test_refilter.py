@@ -42,10 +42,31 @@ def test_refiltered_store_equals_a_build_at_that_threshold(handmade, tmp_path, t
     m, d = out.manifest, direct.manifest
     assert m["config"]["min_agreement"] == threshold and m["seed"] == src.manifest["seed"]
     assert m["kshot_idx"] == src.manifest["kshot_idx"]  # a student still checks the store's k-shot set
-    assert m["refiltered_from"] == {"store": str(src.folder.resolve()), "checksum": src.checksum,
-                                    "entries": len(src), "min_agreement": 0.0}
-    for key in ("kept", "agreed", "disagree", "agree", "generated"):
+    assert {k: m["refiltered_from"][k] for k in ("store", "checksum", "entries", "min_agreement")} == {
+        "store": str(src.folder.resolve()), "checksum": src.checksum, "entries": len(src), "min_agreement": 0.0}
+    assert m["refiltered_from"].pop("exact") is True and "git_commit" in m["refiltered_from"]
+    for key in ("kept", "agreed", "disagree", "agree", "generated", "exact_dups", "near_dups", "keep_rate"):
         assert m["stats"][key] == d["stats"][key], key
+
+
+def _same_text(self, conditions, n_per_condition=1, seed=0, **kw):
+    """Every label's batch writes the same sample, which the labeller reads as label 1 ("dog 7 1")."""
+    return [{"condition": conditions[0], "text": " dog 7 1\nhypothesis: the dog", "tokens": [1] * 5,
+             "finished": True}]
+
+
+def test_an_entry_shadowed_by_a_dropped_duplicate_comes_back_as_in_a_build(handmade, monkeypatch, tmp_path):
+    # at 0 the label-0 copy (which the labeller disagrees with) comes first and the later copies are duplicates of
+    # it; at 0.5 that copy is filtered out before the duplicate filter, so the label-1 copy is kept
+    monkeypatch.setattr(SoftPromptGenerator, "generate", _same_text)
+    src = _build(handmade, tmp_path / "a0", 0.0)
+    direct = _build(handmade, tmp_path / "a5", 0.5)
+    assert [e["label"] for e in src.entries(range(len(src)))] == [0]
+    assert [e["label"] for e in direct.entries(range(len(direct)))] == [1]
+    out = Store.open(refilter_store(src.folder, 0.5, tmp_path / "re5"))
+    assert _rows(out) == _rows(direct)
+    for key in ("kept", "agreed", "disagree", "exact_dups", "near_dups"):
+        assert out.manifest["stats"][key] == direct.manifest["stats"][key], key
 
 
 def test_refilter_refuses_a_looser_threshold_an_oracle_store_and_an_existing_out(handmade, tmp_path):
@@ -58,6 +79,9 @@ def test_refilter_refuses_a_looser_threshold_an_oracle_store_and_an_existing_out
         refilter_store(src.folder, 0.9, out)
     with pytest.raises(RetriktError, match="no entry passes"):
         refilter_store(src.folder, 0.95, tmp_path / "none")
+    (tmp_path / "killed" / "parts").mkdir(parents=True)  # a build or re-filter killed there: its parts would mix in
+    with pytest.raises(RetriktError, match="unfinished"):
+        refilter_store(src.folder, 0.9, tmp_path / "killed")
     from tests.student.test_retrieval import _tiny_store
     oracle = _tiny_store(tmp_path / "oracle", source="oracle", config={"min_agreement": 0.0})
     with pytest.raises(RetriktError, match="oracle store"):
@@ -107,3 +131,4 @@ def test_teacher_keys_follow_their_rows_into_the_refiltered_store(tmp_path):
     np.testing.assert_array_equal(new["entries"], raw["entries"][[0, 2, 4, 5]])
     np.testing.assert_array_equal(new["kshot"], raw["kshot"])
     assert load_teacher_keys(out).entries.shape[0] == 4  # verified against the new store's checksum
+    assert out.manifest["refiltered_from"]["exact"] is False  # no build shards: filtered entry by entry
