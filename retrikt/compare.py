@@ -72,6 +72,8 @@ class CompareConfig:
     max_length: int = arg(256, help="encoder student max tokens per input")
     prompt_epochs: int | None = arg(None, help="soft-prompt tuning epochs when a store must be built (default: the "
                                                "recipe's)")
+    min_agreement: float | None = arg(None, help="labeller-agreement threshold when a store must be built (default: "
+                                                 "the recipe's)")
     teacher_calibration: str = arg("content-free", help="teacher rows: none | content-free | batch (on the seed's "
                                                         "k-shot inputs, so the zero-shot row then runs per seed; "
                                                         "see retrikt.train --teacher-calibration)",
@@ -196,7 +198,7 @@ def build_config(cfg: CompareConfig, task: str, seed: int, path: Path):
     data = load_yaml(recipe) if recipe.exists() and cfg.preset != "smoke" else {}
     data.update(task=task, teacher=cfg.teacher, embedder=cfg.embedder, out=str(path), shots=cfg.shots, seed=seed,
                 data_dir=cfg.data_dir)
-    data.update({k: getattr(cfg, k) for k in ("per_label", "max_new_tokens", "prompt_epochs")
+    data.update({k: getattr(cfg, k) for k in ("per_label", "max_new_tokens", "prompt_epochs", "min_agreement")
                  if getattr(cfg, k) is not None})
     if cfg.preset == "smoke":  # random tiny models: no format, no end, chance agreement, near-identical embeddings
         data.update({k: SMOKE[k] for k in ("keep_unfinished", "min_agreement", "dedup_threshold", "parse_mode")})
