@@ -25,7 +25,7 @@ import numpy as np
 from retrikt.io import MANIFEST, RetriktError, atomic_write_text
 from retrikt.pipeline.filters import passes_agreement, summarise_log
 from retrikt.store.schema import _RESERVED, PARTS, WRITER_STATE
-from retrikt.store.shard import LOG, SHARDS, Dedup, _untag, read_shards
+from retrikt.store.shard import LOG, SHARDS, Dedup, dedup_batches, read_shards
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +76,11 @@ def _replay(store, threshold: float) -> tuple[dict, list[dict]]:
     dedup = Dedup(get_task(m["task"]), float(m["config"]["dedup_threshold"]), int(m["embedder"]["dim"]),
                   sum(len(c[0]) for c in cands.values()))
     kept, records = {}, []
-    for b in sorted(cands):  # the plan's order: batch ids grow with label, then batch number
-        entries, emb = cands[b]
-        ok = [i for i, e in enumerate(entries) if _passes(e, threshold)]
-        keep, dups = dedup([entries[i] for i in ok], emb[ok])
-        kept[b] = ([_untag(entries[ok[i]]) for i in keep], emb[ok][keep])
-        rec = logs[b]
-        agreed = sum(passes_agreement(e, threshold) for e in entries)  # the shard holds every candidate that passed
-        records.append(rec | {"agreed": agreed, "disagree": rec["agreed"] + rec["disagree"] - agreed,
-                              "exact_dups": rec["exact_dups"] + dups["exact_dups"], "near_dups": dups["near_dups"],
-                              "kept": len(keep), "agree": sum(bool(e["meta"]["agree"]) for e in kept[b][0])})
+    # sorted ids are the plan's order: batch ids grow with label, then batch number
+    for b, entries, emb, rec in dedup_batches(cands, logs, sorted(cands), dedup, keep=lambda e: _passes(e, threshold)):
+        kept[b] = (entries, emb)
+        agreed = sum(passes_agreement(e, threshold) for e in cands[b][0])  # the shard holds every candidate that passed
+        records.append(rec | {"agreed": agreed, "disagree": rec["agreed"] + rec["disagree"] - agreed})
     return kept, records
 
 

@@ -103,6 +103,22 @@ def _untag(e: dict) -> dict:
     return dict(e, meta={k: v for k, v in e["meta"].items() if k != BATCH_TAG})
 
 
+def dedup_batches(cands: dict, logs: dict, batch_ids: list[int], dedup: Dedup, keep=None):
+    """The duplicate filters over the candidates of ``batch_ids``, in that order: yields (batch id, its surviving
+    entries untagged, their keys, its log record with the merge's counts). ``keep``: a predicate a candidate must
+    pass before them (retrikt.pipeline.refilter's stricter agreement threshold)."""
+    for b in batch_ids:
+        entries, emb = cands[b]
+        ok = [i for i, e in enumerate(entries) if keep is None or keep(e)]
+        idx, stats = dedup([entries[i] for i in ok], emb[ok])
+        rows = [ok[i] for i in idx]
+        kept = [_untag(entries[i]) for i in rows]
+        rec = logs[b]
+        yield b, kept, emb[rows], rec | {"exact_dups": rec["exact_dups"] + stats["exact_dups"],
+                                         "near_dups": stats["near_dups"], "kept": len(kept),
+                                         "agree": sum(e["meta"]["agree"] for e in kept)}
+
+
 def merge_shards(writer, task, plan: list[tuple[int, int, int]], out: Path, threshold: float) -> list[dict]:
     """Replay the duplicate filters over every shard in plan order and write the survivors to ``writer``, one
     part per batch (rewritten each time, so a killed merge just runs again). Writes and returns the build log."""
@@ -113,14 +129,9 @@ def merge_shards(writer, task, plan: list[tuple[int, int, int]], out: Path, thre
                            f"{out / SHARDS}; re-run the build to generate them")
     dedup = Dedup(task, threshold, writer.dim, sum(len(cands[b][0]) for b, _, _ in plan))
     records = []
-    for batch_id, _, _ in plan:
-        entries, emb = cands[batch_id]
-        keep, stats = dedup(entries, emb)
-        kept = [_untag(entries[i]) for i in keep]
-        writer.add_batch(batch_id, kept, emb[keep], overwrite=True)
-        rec = logs[batch_id]
-        records.append(rec | {"exact_dups": rec["exact_dups"] + stats["exact_dups"], "near_dups": stats["near_dups"],
-                              "kept": len(kept), "agree": sum(e["meta"]["agree"] for e in kept)})
+    for batch_id, kept, emb, rec in dedup_batches(cands, logs, [b for b, _, _ in plan], dedup):
+        writer.add_batch(batch_id, kept, emb, overwrite=True)
+        records.append(rec)
     atomic_write_text(Path(out) / LOG, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     logger.info("%s: merged %d batches from %d shard(s): %d of %d candidates kept", out, len(plan),
                 len(shard_dirs(out)), dedup.n, len(dedup.accepted))
