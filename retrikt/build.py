@@ -3,13 +3,16 @@
     python -m retrikt.build --task cb --teacher qwen-0.5b --per-label 200 --out stores/cb-qwen0.5b
     python -m retrikt.build --config stores/cb.yaml
     python -m retrikt.build --smoke --task cb
+    python -m retrikt.build --config stores/sst2.yaml --seed 3 --min-entries 1000   # grow until 1,000 are kept
     python -m retrikt.build --from-store stores/sst2-a0-s1 --min-agreement 0.7 --out stores/sst2-a07-s1
     accelerate launch --multi_gpu --num_processes 4 -m retrikt.build --task cb --per-label 5000   # 4 GPUs
     accelerate launch --multi_gpu --num_processes 2 -m retrikt.build --smoke --task cb   # no GPU: 2 gloo ranks
 
 Re-running an interrupted build with the same command continues from its last finished batch (each rank from its
 own shard). Under accelerate launch, rank 0 tunes the soft prompt while the others wait, every rank generates a
-round-robin share of the batches, and rank 0 merges the shards into the store. --from-store re-applies the
+round-robin share of the batches, and rank 0 merges the shards into the store. --min-entries N keeps generating
+after the planned samples, in rounds sized by the keep rate so far, until the store keeps N entries (or the samples
+reach --max-samples); re-running a finished build with a larger N grows it. --from-store re-applies the
 agreement filter to a finished store at a stricter threshold, without generating (retrikt.pipeline.refilter).
 """
 from __future__ import annotations

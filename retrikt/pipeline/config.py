@@ -46,6 +46,11 @@ class BuildConfig(AdaptConfig):
                                       "write when asked; they still pass the agreement filter. -1 = off")
     min_agreement: float = arg(0.5, help="keep a sample only when the labeller's argmax is its conditioned label with "
                                          "at least this probability; 0 keeps all (counted as disagree either way)")
+    min_entries: int = arg(0, help="keep generating past the planned samples (--per-label) until the store keeps this "
+                                   "many entries: more batches in the planned label mix, each round sized by the keep "
+                                   "rate so far. 0 = the planned samples only")
+    max_samples: int = arg(0, help="--min-entries: generate at most this many samples in all, whatever the store "
+                                   "keeps (0 = 3 x the planned samples)")
     from_store: str | None = arg(None, help="re-filter this finished store instead of generating: its entries that "
                                             "pass --min-agreement (at least the threshold it was built with) go to "
                                             "--out with its provenance; no model is loaded, other build options "

@@ -10,6 +10,9 @@ from retrikt.store.samples import target
 
 BATCH_STRIDE = 100_000  # batch id = label x BATCH_STRIDE + the batch's number within its label
 DRAW_STRIDE = 1_000_000  # --draw N shifts the sampling seed past any k-shot seed in use
+MAX_SAMPLES_FACTOR = 3  # --min-entries without --max-samples: at most this many times the planned samples
+MIN_KEEP_RATE = 0.05  # --min-entries: a round assumes at least this keep rate (a store that keeps none still grows)
+ROUND_MARGIN = 1.1  # --min-entries: a round generates 10% more than the keep rate so far says it needs
 
 
 def sampling_seed(cfg: BuildConfig) -> int:
@@ -17,6 +20,16 @@ def sampling_seed(cfg: BuildConfig) -> int:
     --draw existed rebuild identically), shifted by the draw otherwise; the k-shot set, the tuned prompt and the
     adapted labeller stay the seed's."""
     return cfg.seed + DRAW_STRIDE * cfg.draw
+
+
+def _split(total: int, weights: list[int]) -> list[int]:
+    """``total`` split in proportion to ``weights``: the floors, then the leftover one at a time to the largest
+    remainders (ties: the lower index)."""
+    exact = [total * w / max(1, sum(weights)) for w in weights]
+    parts = [math.floor(x) for x in exact]
+    for i in sorted(range(len(weights)), key=lambda i: (parts[i] - exact[i], i))[:total - sum(parts)]:
+        parts[i] += 1
+    return parts
 
 
 def label_counts(task, cfg: BuildConfig, kshot: list[dict]) -> list[int]:
@@ -32,10 +45,7 @@ def label_counts(task, cfg: BuildConfig, kshot: list[dict]) -> list[int]:
         return [cfg.per_label] * n
     seen = Counter(int(e["label"]) for e in kshot)
     total = cfg.per_label * n
-    exact = [total * seen[lab] / max(1, sum(seen.values())) for lab in range(n)]
-    counts = [math.floor(x) for x in exact]
-    for lab in sorted(range(n), key=lambda lab: (counts[lab] - exact[lab], lab))[:total - sum(counts)]:
-        counts[lab] += 1
+    counts = _split(total, [seen[lab] for lab in range(n)])
     present = [lab for lab in range(n) if seen[lab]]
     least = min(cfg.batch_size, total // max(1, len(present)))
     for lab in present:
@@ -43,6 +53,30 @@ def label_counts(task, cfg: BuildConfig, kshot: list[dict]) -> list[int]:
             donor = max(range(n), key=lambda d: (counts[d], -d))
             counts[donor], counts[lab] = counts[donor] - 1, counts[lab] + 1
     return counts
+
+
+def more_batches(plan: list[tuple[int, int, int]], counts: list[int], kept: int,
+                 cfg: BuildConfig) -> list[tuple[int, int, int]]:
+    """--min-entries: the next round of batches for a store that keeps ``kept`` entries of the ``plan``'s samples,
+    or none when it keeps enough or the samples reach --max-samples (default 3 x the planned ``counts``).
+
+    The round is the shortfall over the keep rate so far (at least MIN_KEEP_RATE, so a store that keeps nothing
+    still grows toward the cap), plus ROUND_MARGIN, split in the planned label mix; each label's batches continue
+    its numbering, so their ids, and with them their samples, depend only on the config, the k-shot set and the
+    kept counts of the rounds before: a resumed build plans the same rounds."""
+    done = sum(n for _, _, n in plan)
+    room = (cfg.max_samples or MAX_SAMPLES_FACTOR * sum(counts)) - done
+    if kept >= cfg.min_entries or room <= 0 or not done:
+        return []
+    rate = max(kept / done, MIN_KEEP_RATE)
+    extra = _split(min(room, math.ceil((cfg.min_entries - kept) / rate * ROUND_MARGIN)), counts)
+    made = Counter(label for _, label, _ in plan)
+    out = []
+    for label, count in enumerate(extra):
+        for j in range(math.ceil(count / cfg.batch_size)):
+            out.append((label * BATCH_STRIDE + made[label] + j, label,
+                        min(cfg.batch_size, count - j * cfg.batch_size)))
+    return out
 
 
 def batch_plan(counts: list[int], batch_size: int) -> list[tuple[int, int, int]]:

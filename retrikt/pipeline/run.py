@@ -14,29 +14,33 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from retrikt import models
-from retrikt.io import RetriktError, append_jsonl, peak_rss_gib
+from retrikt.io import RetriktError, append_jsonl, atomic_write_json, peak_rss_gib
 from retrikt.pipeline.config import BuildConfig
 from retrikt.pipeline.filters import Filter, YieldWatch, agreement, label_entries, summarise_log
 from retrikt.pipeline.oracle import oracle_draw, oracle_inputs
 from retrikt.pipeline.perturb import check_perturb, perturbed_draw
-from retrikt.pipeline.plan import BATCH_STRIDE, auto_max_new_tokens, batch_plan, label_counts, sampling_seed
+from retrikt.pipeline.plan import (BATCH_STRIDE, MAX_SAMPLES_FACTOR, auto_max_new_tokens, batch_plan, label_counts,
+                                   more_batches, sampling_seed)
 from retrikt.pipeline.conditions import Conditioner
 from retrikt.pipeline.prompt import check_rl_backend, shared_generator
 from retrikt.progress import progress
 from retrikt.store.samples import embed_examples, embedding_dim, example_key, missing_field
-from retrikt.store.shard import BATCH_TAG, LOG, merge_shards, rank_batches, repair_log, shard_dir
+from retrikt.store.shard import (BATCH_TAG, LOG, SHARDS, count_kept, merge_shards, rank_batches, repair_log,
+                                 shard_dir)
 from retrikt.tasks import get_task, load_split, sample_few_shot
 from retrikt.teacher.adapted import adapt_config
 from retrikt.teacher.labeller import make_labeller
 from retrikt.teacher.lm import LMClassifier
 
 logger = logging.getLogger(__name__)
+ROUNDS = "rounds.json"  # --min-entries: rank 0's last decision, read by the other ranks
 
 
 def labeller_spec(cfg: BuildConfig) -> dict:
@@ -181,6 +185,12 @@ def _check_config(task, cfg: BuildConfig) -> None:
         check_perturb(task, cfg.perturb_label)
     if cfg.draw < 0:
         raise RetriktError(f"--draw counts draws from 0 (the seed's own), got {cfg.draw}")
+    if cfg.min_entries < 0 or cfg.max_samples < 0:
+        raise RetriktError(f"--min-entries and --max-samples count (0 = off / the default), got {cfg.min_entries} "
+                           f"and {cfg.max_samples}")
+    if cfg.min_entries and cfg.source == "oracle":
+        raise RetriktError("--min-entries grows a generated store; --source oracle draws a fixed set of training "
+                           "inputs (size it with --per-label)")
     if not 0 <= cfg.min_agreement <= 1:
         raise RetriktError(f"--min-agreement is a probability (0 disables the filter), got {cfg.min_agreement}")
 
@@ -233,9 +243,9 @@ def build_store(cfg: BuildConfig) -> Path:
                       drop_label_words=cfg.drop_label_words, reference=reference, threshold=cfg.dedup_threshold)
         if cfg.teacher_keys and hasattr(labeller, "keep_answer_states"):
             labeller.keep_answer_states()  # the keys then reuse the labelling pass instead of a second one
-        generate_shard(cfg, draw, filt, labeller, embedder, meta, shard_dir(out, state.process_index),
-                       rank_batches(plan, state.process_index, state.num_processes))
-        state.wait_for_everyone()
+        plan = generate_rounds(cfg, task, out, plan, meta, state, lambda batches: generate_shard(
+            cfg, draw, filt, labeller, embedder, meta, shard_dir(out, state.process_index),
+            rank_batches(batches, state.process_index, state.num_processes)))
         if writer is not None:
             _finish(writer, task, plan, out, cfg, state.num_processes, t0)
             if cfg.teacher_keys and hasattr(labeller, "answer_states"):
@@ -248,14 +258,51 @@ def build_store(cfg: BuildConfig) -> Path:
     return out
 
 
+def generate_rounds(cfg: BuildConfig, task, out: Path, plan: list[tuple[int, int, int]], meta: dict, state,
+                    generate) -> list[tuple[int, int, int]]:
+    """Generate the plan's batches (``generate(batches)``: this rank's share, finished ones skipped); with
+    --min-entries, then further rounds (plan.more_batches) until the store keeps that many entries or reaches
+    --max-samples. Returns the plan with its rounds. Rank 0 counts what the merge would keep and writes each round
+    to ``shards/rounds.json`` for the other ranks; a resumed build counts the same shards and plans the same rounds."""
+    planned = sum(n for _, _, n in plan)
+    while True:
+        generate(plan)
+        state.wait_for_everyone()
+        if not cfg.min_entries:
+            return plan
+        path = Path(out) / SHARDS / ROUNDS
+        if state.is_main_process:
+            kept = count_kept(task, plan, out, meta, cfg.dedup_threshold)
+            extra = more_batches(plan, meta["label_counts"], kept, cfg)
+            samples = sum(n for _, _, n in plan)
+            if extra:
+                logger.info("%s: %d entries of %d samples, short of --min-entries %d: %d more samples", out, kept,
+                            samples, cfg.min_entries, sum(n for _, _, n in extra))
+            elif kept < cfg.min_entries:
+                logger.warning("%s: %d entries of %d samples, short of --min-entries %d; stopping at the cap of %d "
+                               "samples (--max-samples)", out, kept, samples, cfg.min_entries,
+                               cfg.max_samples or MAX_SAMPLES_FACTOR * planned)
+            atomic_write_json(path, {"kept": kept, "samples": samples, "extra": extra})
+        state.wait_for_everyone()
+        extra = [tuple(b) for b in json.loads(path.read_text(encoding="utf-8"))["extra"]]
+        if not extra:
+            return plan
+        plan = plan + extra
+
+
 def _finish(writer, task, plan: list[tuple[int, int, int]], out: Path, cfg: BuildConfig, world: int,
             t0: float) -> None:
     """Rank 0: merge the shards through the duplicate filters, write the index and the manifest."""
     stats = summarise_log(merge_shards(writer, task, plan, out, cfg.dedup_threshold))
     # the process's peak so far: inside retrikt.compare it may include earlier builds of the same process
-    writer.finalize(index_kind=cfg.index, extra_meta={"stats": stats, "world_size": world,
-                                                      "build_seconds": time.perf_counter() - t0,
-                                                      "peak_rss_gib": peak_rss_gib()})
+    extra = {"stats": stats, "world_size": world, "build_seconds": time.perf_counter() - t0,
+             "peak_rss_gib": peak_rss_gib()}
+    if cfg.min_entries:
+        planned = sum(writer.meta["label_counts"])
+        extra["min_entries"] = {"target": cfg.min_entries, "reached": stats["kept"] >= cfg.min_entries,
+                                "planned_samples": planned, "samples": sum(n for _, _, n in plan),
+                                "cap": cfg.max_samples or MAX_SAMPLES_FACTOR * planned}
+    writer.finalize(index_kind=cfg.index, extra_meta=extra)
     logger.info("store %s: %d entries of %d %s; filters caught %d unfinished, %d naming their label, "
                 "%d disagreeing; keep rate %.2f, teacher agreement %.2f", out, stats["kept"], stats["generated"],
                 "drawn inputs" if cfg.source == "oracle" else "samples", stats["unfinished"], stats["label_words"],

@@ -119,6 +119,17 @@ def dedup_batches(cands: dict, logs: dict, batch_ids: list[int], dedup: Dedup, k
                                          "agree": sum(e["meta"]["agree"] for e in kept)}
 
 
+def count_kept(task, plan: list[tuple[int, int, int]], out: Path, meta: dict, threshold: float) -> int:
+    """How many entries the merge would keep of the plan's batches: the duplicate filters replayed over every
+    shard's candidates, writing nothing (a --min-entries build decides its next round on it)."""
+    cands, logs = read_shards(out, meta)
+    ids = [b for b, _, _ in plan]
+    dedup = Dedup(task, threshold, meta["embedder"]["dim"], sum(len(cands[b][0]) for b in ids))
+    for _ in dedup_batches(cands, logs, ids, dedup):
+        pass
+    return dedup.n
+
+
 def merge_shards(writer, task, plan: list[tuple[int, int, int]], out: Path, threshold: float) -> list[dict]:
     """Replay the duplicate filters over every shard in plan order and write the survivors to ``writer``, one
     part per batch (rewritten each time, so a killed merge just runs again). Writes and returns the build log."""

@@ -25,15 +25,15 @@ def _generate(self, conditions, n_per_condition=1, seed=0, **kw):
     return out + [{"condition": conditions[0], "text": SHARED, "tokens": [1] * 8, "finished": True}]
 
 
-def _cfg(out) -> B.BuildConfig:
+def _cfg(out, min_entries: int = 0) -> B.BuildConfig:
     # 0.95 drops a few near duplicates among the tiny encoder's (similar) embeddings, so their order matters; uniform
     # mix: 6 batches; the random labeller agrees by chance only, so no agreement filter
     return B.BuildConfig(task="cb", teacher="tiny-causal", embedder="tiny-encoder", per_label=4, batch_size=2,
                          shots=8, prompt_epochs=1, label_demos=1, dedup_threshold=0.95, label_mix="uniform",
-                         min_agreement=0.0, out=str(out))
+                         min_agreement=0.0, out=str(out), min_entries=min_entries)
 
 
-def _rank(rank: int, world: int, port: int, out: str, die_at: int, calls_dir: str) -> None:
+def _rank(rank: int, world: int, port: int, out: str, die_at: int, calls_dir: str, min_entries: int) -> None:
     """One rank of a build, with the environment accelerate launch / torchrun would give it."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
@@ -49,7 +49,7 @@ def _rank(rank: int, world: int, port: int, out: str, die_at: int, calls_dir: st
         return real(self, samples, embedder)
 
     B.Filter.__call__ = counting
-    B.build_store(_cfg(out))
+    B.build_store(_cfg(out, min_entries))
 
 
 def _free_port() -> int:
@@ -58,15 +58,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(out, calls_dir, die: dict[int, int] | None = None) -> tuple[list[int], dict[int, int]]:
+def _launch(out, calls_dir, die: dict[int, int] | None = None,
+            min_entries: int = 0) -> tuple[list[int], dict[int, int]]:
     """Start a 2-rank build; rank r raises in its ``die[r]``-th batch, and then the other rank is stopped, as a
     launcher does. Returns the exit codes and how many batches each rank generated."""
     calls_dir.mkdir(exist_ok=True)
     for f in calls_dir.iterdir():
         f.unlink()
     port, ctx = _free_port(), mp.get_context("spawn")
-    procs = [ctx.Process(target=_rank, args=(r, 2, port, str(out), (die or {}).get(r, 0), str(calls_dir)))
-             for r in range(2)]
+    procs = [ctx.Process(target=_rank, args=(r, 2, port, str(out), (die or {}).get(r, 0), str(calls_dir),
+                                             min_entries)) for r in range(2)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + 120
@@ -131,6 +132,18 @@ def test_killed_distributed_build_resumes_each_shard(reference, tmp_path):
     store = Store.open(out)
     _assert_same_store(store, reference)
     assert json.loads((out / "manifest.json").read_text())["world_size"] == 2
+
+
+def test_two_ranks_grow_a_min_entries_store_as_one_process_does(tmp_path):
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setattr(SoftPromptGenerator, "generate", _generate)
+        want = Store.open(B.build_store(_cfg(tmp_path / "single", min_entries=18)))
+    assert want.manifest["min_entries"]["samples"] > 12  # it did grow past the plan
+    codes, _ = _launch(tmp_path / "store", tmp_path / "calls", min_entries=18)
+    assert codes == [0, 0]
+    got = Store.open(tmp_path / "store")
+    _assert_same_store(got, want)
+    assert got.manifest["min_entries"] == want.manifest["min_entries"]
 
 
 def test_a_torn_shard_log_is_repaired_before_appending(tmp_path):
