@@ -74,6 +74,8 @@ class CompareConfig:
                                                "recipe's)")
     min_agreement: float | None = arg(None, help="labeller-agreement threshold when a store must be built (default: "
                                                  "the recipe's)")
+    min_entries: int | None = arg(None, help="entries a store must build up to (retrikt.build --min-entries; default: "
+                                             "the recipe's, or 0 when --per-label is given: that size, as asked)")
     teacher_calibration: str = arg("content-free", help="teacher rows: none | content-free | batch (on the seed's "
                                                         "k-shot inputs, so the zero-shot row then runs per seed; "
                                                         "see retrikt.train --teacher-calibration)",
@@ -198,8 +200,10 @@ def build_config(cfg: CompareConfig, task: str, seed: int, path: Path):
     data = load_yaml(recipe) if recipe.exists() and cfg.preset != "smoke" else {}
     data.update(task=task, teacher=cfg.teacher, embedder=cfg.embedder, out=str(path), shots=cfg.shots, seed=seed,
                 data_dir=cfg.data_dir)
-    data.update({k: getattr(cfg, k) for k in ("per_label", "max_new_tokens", "prompt_epochs", "min_agreement")
-                 if getattr(cfg, k) is not None})
+    if cfg.per_label is not None:
+        data["min_entries"] = 0  # a size asked for here is not grown to the recipe's
+    data.update({k: getattr(cfg, k) for k in ("per_label", "max_new_tokens", "prompt_epochs", "min_agreement",
+                                              "min_entries") if getattr(cfg, k) is not None})
     if cfg.preset == "smoke":  # random tiny models: no format, no end, chance agreement, near-identical embeddings
         data.update({k: SMOKE[k] for k in ("keep_unfinished", "min_agreement", "dedup_threshold", "parse_mode")})
     return from_dict(BuildConfig, data, str(recipe) if recipe.exists() else "compare")

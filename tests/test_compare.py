@@ -287,13 +287,18 @@ def test_a_store_is_built_from_the_task_recipe_under_what_compare_fixes(tmp_path
 
     from retrikt.compare import CompareConfig, build_config
     (tmp_path / "sst2.yaml").write_text("task: sst2\nseed: 7\nper_label: 900\nbatch_size: 32\nprompt_epochs: 5\n"
-                                        "out: elsewhere\nteacher: qwen-1.5b\nmin_agreement: 0.7\n")
+                                        "out: elsewhere\nteacher: qwen-1.5b\nmin_agreement: 0.7\nmin_entries: 800\n")
     cfg = CompareConfig(store_recipes=str(tmp_path), teacher="tiny-causal", prompt_epochs=2)
     b = build_config(cfg, "sst2", 3, Path("stores/x"))
-    assert (b.batch_size, b.per_label, b.min_agreement) == (32, 900, 0.7)  # the recipe's
+    assert (b.batch_size, b.per_label, b.min_agreement, b.min_entries) == (32, 900, 0.7, 800)  # the recipe's
     assert (b.seed, b.teacher, b.out, b.prompt_epochs) == (3, "tiny-causal", "stores/x", 2)  # compare's
     cfg.min_agreement = 0.5  # a preset's own (the demo's)
     assert build_config(cfg, "sst2", 3, Path("stores/x")).min_agreement == 0.5
+    cfg.per_label = 64  # a size asked for (the demo's) is built as asked, not grown to the recipe's min_entries
+    assert (build_config(cfg, "sst2", 3, Path("stores/x")).per_label,
+            build_config(cfg, "sst2", 3, Path("stores/x")).min_entries) == (64, 0)
+    cfg.min_entries = 100
+    assert build_config(cfg, "sst2", 3, Path("stores/x")).min_entries == 100
     assert build_config(cfg, "rte", 3, Path("stores/y")).batch_size == 8  # no recipe: retrikt.build's defaults
 
 
