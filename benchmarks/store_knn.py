@@ -29,7 +29,7 @@ from retrikt.student.retrieval import neighbour_vote
 from retrikt.tasks import compute_metrics, get_task, load_split, sample_few_shot
 from retrikt.logs import setup_logging
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, read_rows
 
 
 @dataclass
@@ -46,6 +46,9 @@ class StoreKnnBench:
                                          "labeller's answer states: the store's teacher keys, queries through its "
                                          "own labeller) or an encoder's short name (e.g. mpnet-base); per-seed "
                                          "stores only")
+    rows_from: list[str] = arg([], help="FILE or FILE:TEXT: rows measured earlier, read from a store_knn results JSON "
+                                        "(only those whose store path contains TEXT), for stores no longer on disk; "
+                                        "each keeps the file and commit it came from")
     name: str = arg("store_knn", help="results file stem")
 
 
@@ -195,11 +198,25 @@ def _in_space(space: str, store, task, val: list[dict], shot: list[dict], soft: 
     return out
 
 
+def _int_keys(x):
+    """JSON keeps the neighbour counts as strings; the tables index them by int."""
+    if isinstance(x, dict):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in x.items()}
+    return x
+
+
+def earlier_rows(spec: str) -> list[dict]:
+    """Rows of an earlier store_knn results file (``FILE`` or ``FILE:TEXT``), each marked with where it was
+    measured."""
+    return [_int_keys(r) for r in read_rows(spec, "store_knn")]
+
+
 def table(rows: list[dict], ks: list[int]) -> str:
     lines = ["| store | entries | majority | memory | " + " | ".join(f"k={k}" for k in ks) + " |",
              "|---|---:|---:|---|" + "---:|" * len(ks)]
     for r in rows:
-        lead = f"| {r['store']} | {r['entries']} | {100 * r['majority']:.1f} |"
+        where = f" ({r['measured_in']['file']})" if "measured_in" in r else ""
+        lead = f"| {r['store']}{where} | {r['entries']} | {100 * r['majority']:.1f} |"
         lines.append(lead + " store, teacher labels | " + " | ".join(f"{100 * r['teacher_soft'][k]:.1f}" for k in ks) + " |")
         if "teacher_prior" in r:
             lines.append(lead + " store, teacher labels matched to the k-shot prior (--store-prior kshot) | " +
@@ -276,10 +293,13 @@ def spaces_summary(rows: list[dict], ks: list[int]) -> str:
 def main(argv=None) -> None:
     setup_logging()
     cfg = parse_config(StoreKnnBench, argv, description=__doc__)
-    rows = [diagnose(p, cfg) for p in cfg.stores]
+    rows = [diagnose(p, cfg) for p in cfg.stores] + [r for spec in cfg.rows_from for r in earlier_rows(spec)]
+    if not rows:
+        raise SystemExit("error: no stores (--stores) and no earlier rows (--rows-from)")
     meta = run_metadata(config=asdict(cfg), seeds=cfg.seeds)
     atomic_write_json(RESULTS / f"{cfg.name}.json", {**meta, "rows": rows})
-    regen = f"python -m benchmarks.store_knn --stores {' '.join(cfg.stores)} --name {cfg.name}"
+    regen = "python -m benchmarks.store_knn" + (f" --stores {' '.join(cfg.stores)}" if cfg.stores else "") + \
+        (f" --rows-from {' '.join(cfg.rows_from)}" if cfg.rows_from else "") + f" --name {cfg.name}"
     if not cfg.calibrate:
         regen += " --calibrate false"
     if cfg.key_spaces:
@@ -292,7 +312,9 @@ def main(argv=None) -> None:
           (f"By key space (mean over each task's stores, teacher labels):\n\n{spaces_summary(rows, cfg.ks)}\n\n"
              if cfg.key_spaces else "") +
           f"β = 0 (retrikt's retrieval half only), τ = {cfg.tau}; k-shot baseline: a per-seed store's own seed, "
-          f"an older store's mean ± std over seeds {cfg.seeds}. "
+          f"an older store's mean ± std over seeds {cfg.seeds}. " +
+          ("A store followed by a results file in brackets is read from that file (measured then; the store is no "
+           "longer on disk). " if cfg.rows_from else "") +
           f"Commit `{meta['git_commit']}`. Regenerate: `{regen}`\n")
     atomic_write_text(RESULTS / f"{cfg.name}.md", md)
     print(md)

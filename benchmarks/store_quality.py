@@ -23,7 +23,7 @@ from retrikt.io import atomic_write_json, atomic_write_text, run_metadata
 from retrikt.store import Store
 from retrikt.logs import setup_logging
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, read_rows
 
 
 @dataclass
@@ -112,21 +112,11 @@ def main(argv=None) -> None:
 def earlier_rows(spec: str) -> list[dict]:
     """Rows of an earlier store_quality results file (``FILE`` or ``FILE:TEXT``, TEXT filtering the store paths),
     each marked with the file and the commit it was measured at."""
-    path, _, text = spec.partition(":")
-    path = Path(path) if Path(path).exists() else RESULTS / path
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: --rows-from {spec}: cannot read {path} ({e})") from None
-    rows = [r for r in data.get("rows", []) if text in str(r.get("store", ""))]
-    if not rows:
-        raise SystemExit(f"error: --rows-from {spec}: no row of {path} names a store containing {text!r}")
-    # older files lack some columns (shown as gaps); a row already merged keeps the file it was first measured in
+    # older files lack some columns (shown as gaps)
     cols = dict.fromkeys(("rl", "final_kl", "generated", "parse_rate", "keep_rate", "agreement", "build_minutes",
                           "peak_rss_gib", "entries_per_hour", "mean_pairwise_cosine", "distinct_1", "distinct_2",
                           "labels"))
-    first = {"file": path.name, "git_commit": data.get("git_commit")}
-    return [cols | r | {"measured_in": r.get("measured_in") or first} for r in rows]
+    return [cols | r for r in read_rows(spec, "store_quality")]
 
 
 def completion_lines(rows: list[dict]) -> list[str]:

@@ -111,3 +111,18 @@ def test_spaces_summary_sets_each_key_space_s_store_kNN_beside_its_own_k_shot_kN
     assert not any("store (minilm-l6) | store, matched" in x for x in lines)  # one store lacks the prior row
     assert "| sst2 | teacher; labeller alone 80.0 | store, teacher labels | 85.0 |" in lines
     assert "| sst2 | teacher; labeller alone 80.0 | Δ store − k-shot | +15.0 |" in lines
+
+
+def test_earlier_rows_come_back_with_int_neighbour_counts_and_their_file(tmp_path):
+    import json
+
+    from benchmarks.store_knn import earlier_rows, summary, table
+    row = {"store": "/x/rte-s1", "task": "rte", "entries": 9, "majority": 0.5, "teacher_soft": {4: 0.6},
+           "conditioned": {4: 0.5}, "kshot": {4: [0.55]}, "both": {4: [0.58]}}
+    f = tmp_path / "knn.json"
+    f.write_text(json.dumps({"git_commit": "abc", "rows": [row, dict(row, store="/x/cb-s1", task="cb")]}))
+    got = earlier_rows(f"{f}:rte")  # JSON turned the k's into strings; the tables index them by int
+    assert len(got) == 1 and got[0]["teacher_soft"] == {4: 0.6} and got[0]["kshot"] == {4: [0.55]}
+    assert got[0]["measured_in"] == {"file": "knn.json", "git_commit": "abc"}
+    assert "| /x/rte-s1 (knn.json) | 9 | 50.0 | store, teacher labels | 60.0 |" in table(got, [4])
+    assert summary(got, [4]).splitlines()[2] == "| rte | 1 | 9 | 60.0 / 55.0 / +5.0 |"
