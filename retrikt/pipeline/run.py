@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from retrikt import models
-from retrikt.io import RetriktError, append_jsonl, atomic_write_json, peak_rss_gib
+from retrikt.io import IntegrityError, RetriktError, append_jsonl, atomic_write_json, peak_rss_gib, read_manifest
 from retrikt.pipeline.config import BuildConfig
 from retrikt.pipeline.filters import Filter, YieldWatch, agreement, label_entries, summarise_log
 from retrikt.pipeline.oracle import oracle_draw, oracle_inputs
@@ -290,13 +290,26 @@ def generate_rounds(cfg: BuildConfig, task, out: Path, plan: list[tuple[int, int
         plan = plan + extra
 
 
+def _finished_manifest(out: Path) -> dict:
+    """The manifest of a finished store at ``out`` ({} for a new or unfinished one)."""
+    try:
+        return read_manifest(out, verify=False)
+    except IntegrityError:
+        return {}
+
+
 def _finish(writer, task, plan: list[tuple[int, int, int]], out: Path, cfg: BuildConfig, world: int,
             t0: float) -> None:
     """Rank 0: merge the shards through the duplicate filters, write the index and the manifest."""
     stats = summarise_log(merge_shards(writer, task, plan, out, cfg.dedup_threshold))
-    # the process's peak so far: inside retrikt.compare it may include earlier builds of the same process
-    extra = {"stats": stats, "world_size": world, "build_seconds": time.perf_counter() - t0,
-             "peak_rss_gib": peak_rss_gib()}
+    # a re-run that grows a finished store (--min-entries) adds to its cost: its seconds, the larger of the peaks
+    # (the process's peak so far: inside retrikt.compare it may include earlier builds of the same process)
+    before = _finished_manifest(out)
+    extra = {"stats": stats, "world_size": world,
+             "build_seconds": time.perf_counter() - t0 + before.get("build_seconds", 0.0),
+             "peak_rss_gib": max(peak_rss_gib(), before.get("peak_rss_gib", 0.0))}
+    if before.get("build_seconds"):
+        extra["earlier_runs_seconds"] = before["build_seconds"]
     if cfg.min_entries:
         planned = sum(writer.meta["label_counts"])
         extra["min_entries"] = {"target": cfg.min_entries, "reached": stats["kept"] >= cfg.min_entries,

@@ -77,5 +77,7 @@ def test_a_finished_store_grows_when_rerun_with_min_entries_and_a_killed_round_r
     calls["n"] = -100
     grown = Store.open(B.build_store(cfg))
     assert calls["n"] == -100 + 6 - 2  # the round's 6 batches, 2 of them finished before the kill
+    # the grown store's cost includes the finished build's: its seconds are added, the larger peak kept
+    assert grown.manifest["build_seconds"] > grown.manifest["earlier_runs_seconds"] > 0
     assert _keys(grown) == _keys(reference)
     assert grown.manifest["min_entries"]["samples"] == 21
