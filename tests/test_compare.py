@@ -432,3 +432,23 @@ def test_a_run_trained_with_other_recipe_options_is_redone(tmp_path):
     recipe.write_text("finetune:\n  lr: 0.0001\n")  # chosen anew: the run on record is not this row's
     tc = compare.train_config(cfg, "finetune", "cb", 1)
     assert not compare._done(cfg, tc)
+
+
+def test_a_store_under_the_recipes_min_entries_is_used_with_a_warning_naming_the_growth_command(tmp_path, caplog):
+    import json
+    import logging
+
+    from retrikt.compare import CompareConfig, ensure_store, store_path
+    (tmp_path / "sst2.yaml").write_text("min_entries: 10\n")
+    cfg = CompareConfig(store_recipes=str(tmp_path), stores=str(tmp_path / "stores"))
+    path = store_path(cfg, "sst2", 3)
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"counts": {"entries": 5}}))
+    with caplog.at_level(logging.WARNING):
+        assert ensure_store(cfg, "sst2", 3) == path  # not rebuilt: the work already done is kept
+    assert any("5 entries, under the recipe's min_entries 10" in r.getMessage() and "--seed 3" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    (path / "manifest.json").write_text(json.dumps({"counts": {"entries": 10}}))
+    ensure_store(cfg, "sst2", 3)
+    assert not caplog.records
