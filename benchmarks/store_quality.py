@@ -119,6 +119,13 @@ def earlier_rows(spec: str) -> list[dict]:
     return [cols | r for r in read_rows(spec, "store_quality")]
 
 
+def _labels(counts: dict | None) -> str:
+    """Entries per label, the same whether read from a store or from JSON (which made the labels strings)."""
+    if not counts:
+        return "–"
+    return "{" + ", ".join(f"{k}: {v}" for k, v in sorted((int(k), v) for k, v in counts.items())) + "}"
+
+
 def completion_lines(rows: list[dict]) -> list[str]:
     """For stores built with --complete-fields: how many samples were continued, and the parse rate without them."""
     done = [r for r in rows if r.get("completed")]
@@ -135,7 +142,7 @@ def table_row(r: dict) -> str:
     return (f"| {r['store']} | {r['rl']} | {f(r['final_kl'])} | {r['generated'] or '–'} | {r['entries']} | "
             f"{f(r['parse_rate'])} | {f(r['keep_rate'])} | {f(r['agreement'])} | {f(r['build_minutes'], 1)} | "
             f"{f(r['peak_rss_gib'], 1)} | {f(r['entries_per_hour'], 0)} | {f(r['mean_pairwise_cosine'])} | "
-            f"{f(r['distinct_1'])} | {f(r['distinct_2'])} | {r['labels']} |")
+            f"{f(r['distinct_1'])} | {f(r['distinct_2'])} | {_labels(r['labels'])} |")
 
 
 if __name__ == "__main__":
