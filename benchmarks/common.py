@@ -9,7 +9,6 @@ from retrikt.io import peak_rss_gib  # noqa: F401  (re-exported for the runners)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-
 def read_rows(spec: str, tool: str) -> list[dict]:
     """Rows of an earlier ``tool`` results file (``FILE`` or ``FILE:TEXT``, FILE a path or a name under results/,
     TEXT filtering the store paths), each marked with the file and the commit it was measured at (a row already

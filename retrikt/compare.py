@@ -187,14 +187,21 @@ def ensure_store(cfg: CompareConfig, task: str, seed: int) -> Path:
     from retrikt.pipeline.run import build_store
     path = store_path(cfg, task, seed)
     if (path / "manifest.json").exists():
-        want = build_config(cfg, task, seed, path).min_entries
-        have = json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("counts", {}).get("entries", 0)
-        if have < want:  # built before the recipe asked for a size, or stopped at --max-samples: used as it is
-            logger.warning("%s holds %d entries, under the recipe's min_entries %d; it is used as it is (grow it: "
-                           "python -m retrikt.build --config %s/%s.yaml --seed %d --out %s)", path, have, want,
-                           cfg.store_recipes, task, seed, path)
+        _warn_if_small(path, build_config(cfg, task, seed, path).min_entries)
         return path
     return build_store(build_config(cfg, task, seed, path))
+
+
+def _warn_if_small(path: Path, want: int) -> None:
+    """A reused store built before its recipe asked for a size, or stopped at --max-samples, is used as it is."""
+    from retrikt.io import IntegrityError, read_manifest
+    try:
+        have = read_manifest(path, verify=False).get("counts", {}).get("entries", 0)
+    except IntegrityError:
+        return  # the student's Store.open names what is wrong with it
+    if have < want:
+        logger.warning("%s holds %d entries, under min_entries %d; it is used as it is (grow it: re-run its build "
+                       "with --min-entries %d and the options its manifest records)", path, have, want, want)
 
 
 def build_config(cfg: CompareConfig, task: str, seed: int, path: Path):

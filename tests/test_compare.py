@@ -446,7 +446,7 @@ def test_a_store_under_the_recipes_min_entries_is_used_with_a_warning_naming_the
     (path / "manifest.json").write_text(json.dumps({"counts": {"entries": 5}}))
     with caplog.at_level(logging.WARNING):
         assert ensure_store(cfg, "sst2", 3) == path  # not rebuilt: the work already done is kept
-    assert any("5 entries, under the recipe's min_entries 10" in r.getMessage() and "--seed 3" in r.getMessage()
+    assert any("5 entries, under min_entries 10" in r.getMessage() and "--min-entries 10" in r.getMessage()
                for r in caplog.records)
     caplog.clear()
     (path / "manifest.json").write_text(json.dumps({"counts": {"entries": 10}}))

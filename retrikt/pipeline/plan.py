@@ -57,26 +57,23 @@ def label_counts(task, cfg: BuildConfig, kshot: list[dict]) -> list[int]:
 
 def more_batches(plan: list[tuple[int, int, int]], counts: list[int], kept: int,
                  cfg: BuildConfig) -> list[tuple[int, int, int]]:
-    """--min-entries: the next round of batches for a store that keeps ``kept`` entries of the ``plan``'s samples,
-    or none when it keeps enough or the samples reach --max-samples (default 3 x the planned ``counts``).
+    """--min-entries: the next round of batches for a store that keeps ``kept`` entries of the ``plan``'s samples;
+    none when it keeps enough, keeps nothing (another round would keep nothing either), or the samples reach
+    --max-samples (default 3 x the planned ``counts``; a round may pass it by less than a batch per label).
 
-    The round is the shortfall over the keep rate so far (at least MIN_KEEP_RATE, so a store that keeps nothing
-    still grows toward the cap), plus ROUND_MARGIN, split in the planned label mix; each label's batches continue
-    its numbering, so their ids, and with them their samples, depend only on the config, the k-shot set and the
-    kept counts of the rounds before: a resumed build plans the same rounds."""
+    The round is the shortfall over the keep rate so far (at least MIN_KEEP_RATE), plus ROUND_MARGIN, split in the
+    planned label mix, in whole batches that continue each label's numbering. An extra batch's id thus always means
+    the same ``batch_size`` samples, whichever round planned it: a resumed build plans the same rounds, and a re-run
+    with another --min-entries reuses the batches it shares with the earlier run and ends as a fresh build would."""
     done = sum(n for _, _, n in plan)
     room = (cfg.max_samples or MAX_SAMPLES_FACTOR * sum(counts)) - done
-    if kept >= cfg.min_entries or room <= 0 or not done:
+    if kept >= cfg.min_entries or not kept or room <= 0:
         return []
     rate = max(kept / done, MIN_KEEP_RATE)
-    extra = _split(min(room, math.ceil((cfg.min_entries - kept) / rate * ROUND_MARGIN)), counts)
+    want = _split(min(room, math.ceil((cfg.min_entries - kept) / rate * ROUND_MARGIN)), counts)
     made = Counter(label for _, label, _ in plan)
-    out = []
-    for label, count in enumerate(extra):
-        for j in range(math.ceil(count / cfg.batch_size)):
-            out.append((label * BATCH_STRIDE + made[label] + j, label,
-                        min(cfg.batch_size, count - j * cfg.batch_size)))
-    return out
+    return [(label * BATCH_STRIDE + made[label] + j, label, cfg.batch_size)
+            for label, count in enumerate(want) for j in range(math.ceil(count / cfg.batch_size))]
 
 
 def batch_plan(counts: list[int], batch_size: int) -> list[tuple[int, int, int]]:

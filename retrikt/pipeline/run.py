@@ -32,8 +32,8 @@ from retrikt.pipeline.conditions import Conditioner
 from retrikt.pipeline.prompt import check_rl_backend, shared_generator
 from retrikt.progress import progress
 from retrikt.store.samples import embed_examples, embedding_dim, example_key, missing_field
-from retrikt.store.shard import (BATCH_TAG, LOG, SHARDS, count_kept, merge_shards, rank_batches, repair_log,
-                                 shard_dir)
+from retrikt.store.shard import (BATCH_TAG, LOG, SHARDS, count_kept, last_records, merge_shards, rank_batches,
+                                 repair_log, shard_dir)
 from retrikt.tasks import get_task, load_split, sample_few_shot
 from retrikt.teacher.adapted import adapt_config
 from retrikt.teacher.labeller import make_labeller
@@ -138,8 +138,11 @@ def generate_shard(cfg: BuildConfig, draw, filt: Filter, labeller: LMClassifier,
     from retrikt.store import StoreWriter
     with StoreWriter(folder, meta) as shard:
         repair_log(folder / LOG)
-        done = shard.done_batches()
-        todo = [b for b in batches if b[0] not in done]
+        done, logged = shard.done_batches(), last_records(folder / LOG)
+        # a batch written at another size (an earlier run planned it otherwise) is redone; records before the
+        # field was logged are taken as they are
+        redo = {b for b, _, n in batches if b in done and logged.get(b, {}).get("n", n) != n}
+        todo = [b for b in batches if b[0] not in done or b[0] in redo]
         logger.info("%s: %d of %d batches left", folder, len(todo), len(batches))
         watch = YieldWatch()
         for batch_id, label, n in progress(todo, desc=f"batches {folder.name}", leave=False):
@@ -155,9 +158,9 @@ def generate_shard(cfg: BuildConfig, draw, filt: Filter, labeller: LMClassifier,
             for e in entries:
                 e["meta"][BATCH_TAG] = batch_id
             append_jsonl(folder / LOG, stats | agreed | {
-                "batch_id": batch_id, "label": label, "candidates": len(entries), "generate_seconds": gen_s,
+                "batch_id": batch_id, "label": label, "n": n, "candidates": len(entries), "generate_seconds": gen_s,
                 "shard": folder.name, "new_tokens": sum(len(s.get("tokens", ())) for s in samples)})
-            shard.add_batch(batch_id, entries, emb[keep])
+            shard.add_batch(batch_id, entries, emb[keep], overwrite=batch_id in redo)
 
 
 def _task_data(task, cfg: BuildConfig) -> tuple[list[dict], list[dict], set[str]]:
@@ -188,9 +191,9 @@ def _check_config(task, cfg: BuildConfig) -> None:
     if cfg.min_entries < 0 or cfg.max_samples < 0:
         raise RetriktError(f"--min-entries and --max-samples count (0 = off / the default), got {cfg.min_entries} "
                            f"and {cfg.max_samples}")
-    if cfg.min_entries and cfg.source == "oracle":
-        raise RetriktError("--min-entries grows a generated store; --source oracle draws a fixed set of training "
-                           "inputs (size it with --per-label)")
+    if cfg.max_samples and not cfg.min_entries:
+        raise RetriktError("--max-samples caps the rounds of --min-entries; without it a build generates the "
+                           "planned samples (--per-label)")
     if not 0 <= cfg.min_agreement <= 1:
         raise RetriktError(f"--min-agreement is a probability (0 disables the filter), got {cfg.min_agreement}")
 
@@ -213,6 +216,10 @@ def build_store(cfg: BuildConfig) -> Path:
     from retrikt.store import StoreWriter
     task = get_task(cfg.task)
     _check_config(task, cfg)
+    if cfg.source == "oracle" and cfg.min_entries:  # a recipe's size target is for the generated store
+        logger.info("--source oracle: --min-entries %d ignored; the oracle store draws the planned inputs "
+                    "(--per-label)", cfg.min_entries)
+        cfg = dataclasses.replace(cfg, min_entries=0, max_samples=0)
     suffix = "-oracle" if cfg.source == "oracle" else ""
     out = Path(cfg.out or f"stores/{task.name}-{cfg.teacher.replace('/', '_')}{suffix}")
     state = process_state(cfg.dist_timeout)
@@ -222,6 +229,9 @@ def build_store(cfg: BuildConfig) -> Path:
     model, tok, embedder = _load_models(cfg, state)
     cfg, auto = _resolve_max_new_tokens(cfg, task, tok, kshot)
     counts = label_counts(task, cfg, kshot)
+    if cfg.max_samples and cfg.max_samples < sum(counts):
+        raise RetriktError(f"--max-samples {cfg.max_samples} is below the {sum(counts)} samples planned by "
+                           f"--per-label {cfg.per_label}")
     drawn = oracle_inputs(task, pool, kshot, counts, sampling_seed(cfg)) if cfg.source == "oracle" else None
     if drawn is not None:  # a label may run out of training inputs
         counts = [len(drawn[lab]) for lab in range(task.num_labels)]
@@ -278,6 +288,9 @@ def generate_rounds(cfg: BuildConfig, task, out: Path, plan: list[tuple[int, int
             if extra:
                 logger.info("%s: %d entries of %d samples, short of --min-entries %d: %d more samples", out, kept,
                             samples, cfg.min_entries, sum(n for _, _, n in extra))
+            elif not kept:
+                logger.warning("%s: no entry kept of %d samples, so no round is sized by a keep rate; see the build "
+                               "log's filter counts", out, samples)
             elif kept < cfg.min_entries:
                 logger.warning("%s: %d entries of %d samples, short of --min-entries %d; stopping at the cap of %d "
                                "samples (--max-samples)", out, kept, samples, cfg.min_entries,
@@ -305,11 +318,14 @@ def _finish(writer, task, plan: list[tuple[int, int, int]], out: Path, cfg: Buil
     # a re-run that grows a finished store (--min-entries) adds to its cost: its seconds, the larger of the peaks
     # (the process's peak so far: inside retrikt.compare it may include earlier builds of the same process)
     before = _finished_manifest(out)
-    extra = {"stats": stats, "world_size": world,
-             "build_seconds": time.perf_counter() - t0 + before.get("build_seconds", 0.0),
+    grown = bool(before) and len(plan) > before.get("counts", {}).get("batches", 0)
+    seconds = time.perf_counter() - t0
+    if before:  # a re-run of a finished store: what its builds cost, plus this run only if it generated more
+        seconds = before.get("build_seconds", seconds) + (seconds if grown else 0.0)
+    extra = {"stats": stats, "world_size": world, "build_seconds": seconds,
              "peak_rss_gib": max(peak_rss_gib(), before.get("peak_rss_gib", 0.0))}
-    if before.get("build_seconds"):
-        extra["earlier_runs_seconds"] = before["build_seconds"]
+    if grown:
+        extra["earlier_runs_seconds"] = before.get("build_seconds", 0.0)
     if cfg.min_entries:
         planned = sum(writer.meta["label_counts"])
         extra["min_entries"] = {"target": cfg.min_entries, "reached": stats["kept"] >= cfg.min_entries,

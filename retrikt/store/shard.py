@@ -73,7 +73,7 @@ def repair_log(path: Path) -> None:
         atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in read_jsonl(path)))
 
 
-def _last_records(path: Path) -> dict[int, dict]:
+def last_records(path: Path) -> dict[int, dict]:
     return {r["batch_id"]: r for r in read_jsonl(path)}  # a batch re-run after a crash is logged twice
 
 
@@ -87,7 +87,7 @@ def read_shards(out: Path, meta: dict) -> tuple[dict, dict]:
     for folder in shard_dirs(out):
         with StoreWriter(folder, meta, reading=True) as shard:  # takes the shard's lock: its rank must have finished
             done, entries, emb = shard.done_batches(), shard.accepted_entries(), shard.accepted_embeddings()
-        records = _last_records(folder / LOG)
+        records = last_records(folder / LOG)
         rows: dict[int, list[int]] = {b: [] for b in done}
         for i, e in enumerate(entries):
             rows[e["meta"][BATCH_TAG]].append(i)
@@ -119,11 +119,19 @@ def dedup_batches(cands: dict, logs: dict, batch_ids: list[int], dedup: Dedup, k
                                          "agree": sum(e["meta"]["agree"] for e in kept)}
 
 
+def _check_complete(ids: list[int], cands: dict, out: Path) -> None:
+    missing = [b for b in ids if b not in cands]
+    if missing:
+        raise RetriktError(f"{out}: batches {missing[:5]}{'...' if len(missing) > 5 else ''} are in no shard under "
+                           f"{Path(out) / SHARDS}; re-run the build to generate them")
+
+
 def count_kept(task, plan: list[tuple[int, int, int]], out: Path, meta: dict, threshold: float) -> int:
     """How many entries the merge would keep of the plan's batches: the duplicate filters replayed over every
     shard's candidates, writing nothing (a --min-entries build decides its next round on it)."""
     cands, logs = read_shards(out, meta)
     ids = [b for b, _, _ in plan]
+    _check_complete(ids, cands, out)
     dedup = Dedup(task, threshold, meta["embedder"]["dim"], sum(len(cands[b][0]) for b in ids))
     for _ in dedup_batches(cands, logs, ids, dedup):
         pass
@@ -134,10 +142,11 @@ def merge_shards(writer, task, plan: list[tuple[int, int, int]], out: Path, thre
     """Replay the duplicate filters over every shard in plan order and write the survivors to ``writer``, one
     part per batch (rewritten each time, so a killed merge just runs again). Writes and returns the build log."""
     cands, logs = read_shards(out, writer.meta)
-    missing = [b for b, _, _ in plan if b not in cands]
-    if missing:
-        raise RetriktError(f"{out}: batches {missing[:5]}{'...' if len(missing) > 5 else ''} are in no shard under "
-                           f"{out / SHARDS}; re-run the build to generate them")
+    _check_complete([b for b, _, _ in plan], cands, out)
+    stale = writer.discard_batches({b for b, _, _ in plan})
+    if stale:  # an earlier run planned more (a larger --min-entries): the store is this plan's, as a fresh build's
+        logger.warning("%s: %d batches of an earlier, larger plan left out of the store (their candidates stay in "
+                       "the shards)", out, len(stale))
     dedup = Dedup(task, threshold, writer.dim, sum(len(cands[b][0]) for b, _, _ in plan))
     records = []
     for batch_id, kept, emb, rec in dedup_batches(cands, logs, [b for b, _, _ in plan], dedup):

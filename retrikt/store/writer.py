@@ -160,6 +160,16 @@ class StoreWriter:
             self._emb_cache[batch_id] = x
         return True
 
+    def discard_batches(self, keep: set[int]) -> list[int]:
+        """Delete the parts of written batches not in ``keep``; returns their ids."""
+        self._require_open()
+        gone = sorted(self.done_batches() - set(keep))
+        for b in gone:
+            self._part(b).unlink()
+            if self._emb_cache is not None:
+                self._emb_cache.pop(b, None)
+        return gone
+
     def accepted_embeddings(self) -> np.ndarray:
         """Embeddings of every written entry, in batch order ([n, dim] float32), for deduplication."""
         if self._emb_cache is None:
