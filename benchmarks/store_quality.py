@@ -123,9 +123,7 @@ def _labels(counts: dict | None) -> str:
     """Entries per label, the same whether read from a store or from JSON (which made the labels strings)."""
     if not counts:
         return "–"
-    keyed = sorted(counts.items(), key=lambda kv: (not str(kv[0]).isdigit(), int(kv[0]) if str(kv[0]).isdigit()
-                                                   else 0, str(kv[0])))
-    return "{" + ", ".join(f"{k}: {v}" for k, v in keyed) + "}"
+    return "{" + ", ".join(f"{k}: {v}" for k, v in sorted((int(k), v) for k, v in counts.items())) + "}"
 
 
 def completion_lines(rows: list[dict]) -> list[str]:
